@@ -278,3 +278,16 @@ def test_topk_is_biased() -> None:
     # compare with sampling at the same budget, which is unbiased within noise
     mean, _, _ = _mean_and_var("multinomial", 10)
     assert (mean - p).abs().max() < 0.01 < (renormalised - p).abs().max()
+
+
+def test_systematic_points_that_round_up_never_reach_a_masked_last_token() -> None:
+    """With N = 65535, offset + N - 1 rounds to N in fp32 for about 1 in 512 positions."""
+    logits = torch.zeros(4000, 8)
+    logits[:, -1] = -math.inf
+    t = sample_random(logits, 65535, method="systematic", generator=torch.Generator().manual_seed(0), chunk_size=256)
+    assert int((t.token_ids == 7).sum()) == 0
+
+
+def test_top_p_of_one_keeps_all_k() -> None:
+    logits = torch.tensor([[10.0, -10.0, -12.0, -14.0]])
+    assert sample_topk(logits, 4, top_p=1.0).num_entries == 4

@@ -14,7 +14,7 @@ Header, 56 bytes::
      0      4   magic            b"LGCR"
      4      2   version          1
      6      1   method           1 = sampled counts, 2 = top-k probabilities
-     7      1   flags            bit 0 WEIGHTED (sampled with t != 1), bit 1 DENSE; others 0
+     7      1   flags            bit 0 WEIGHTED (sampled, weights stored), bit 1 DENSE; others 0
      8      4   vocab_size       V, 2 <= V <= 2**24
     12      4   rounds_or_k      N (sampled, 1..65535) or k (top-k, 1..min(V, 65535))
     16      4   num_positions    T >= 1
@@ -46,9 +46,11 @@ Entries are grouped by position (position 0's first). Their values:
 * top-k: entries in decreasing probability order; ``value`` = level ``L`` of a closed-loop ratio
   quantiser with ``b = value_bits`` bits: ``r = (L + 1) / 2**b``, ``p_1 = r_1``,
   ``p_i = p_{i-1} · r_i``. The encoder quantises each ratio against the *decoded* previous
-  probability, so errors do not accumulate: ``|p̂_i - p_i| <= p̂_{i-1} / 2**b``. The residual
-  mass is ``max(0, 1 - Σ p̂)``. By default ``b`` fills the entry's last byte (7 bits for 17-bit
-  ids); ``encode(..., topk_value_bits=15)`` buys more precision with a wider entry.
+  probability, rounding up, so errors do not accumulate and every ratio stays representable:
+  ``0 <= p̂_i - p_i <= p̂_{i-1} / 2**b``. The residual mass is ``max(0, 1 - Σ p̂)``. By default
+  ``b`` is at least 12 bits, filling the entry's last byte (15 bits and 4-byte entries for
+  17-bit ids: errors below 3e-5·p̂); ``encode(..., topk_value_bits=7)`` gives the paper's 3-byte
+  entries with the coarser bound.
 
 Body, DENSE layout: one zstd frame whose content is the same sections, each split into byte
 planes (all first bytes, then all second bytes, ...) and, for sampled records, with entry ids
@@ -81,6 +83,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_DENSE_RAW_BYTES",
     "MAX_POSITIONS",
     "BadMagicError",
     "BodyError",
@@ -116,8 +119,9 @@ FLAG_WEIGHTED = 1
 FLAG_DENSE = 2
 _KNOWN_FLAGS = FLAG_WEIGHTED | FLAG_DENSE
 _MAX_TOPK_VALUE_BITS = 24
+_MIN_DEFAULT_TOPK_BITS = 12
 MAX_POSITIONS = 1 << 24  # per record
-_MAX_DENSE_RATIO = 256  # a dense body claiming more expansion than this is refused (zip-bomb guard)
+MAX_DENSE_RAW_BYTES = 1 << 29  # a dense body may decompress to at most 512 MiB
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -180,7 +184,7 @@ class EntryOrderError(RecordError):
 
 
 class WeightError(RecordError):
-    """An importance weight is not a finite, positive number."""
+    """An importance weight is not a finite, non-negative number."""
 
 
 class InputHashError(RecordError):
@@ -236,7 +240,8 @@ def _count_bytes(max_per_position: int) -> int:
 
 
 def _default_topk_value_bits(id_bits: int) -> int:
-    return 8 * ((id_bits + 7 + 7) // 8) - id_bits
+    """At least 12 bits, filling the entry's last byte (15 bits for 17-bit ids: 4-byte entries)."""
+    return 8 * ((id_bits + _MIN_DEFAULT_TOPK_BITS + 7) // 8) - id_bits
 
 
 def read_header(data: bytes | bytearray | memoryview) -> RecordHeader:
@@ -267,6 +272,15 @@ def read_header(data: bytes | bytearray | memoryview) -> RecordHeader:
         raise BadMagicError("magic", f"expected {MAGIC!r}, got {bytes(magic)!r}")
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError("version", f"expected {FORMAT_VERSION}, got {version}")
+    # length and checksum first: corrupted bytes are reported as corruption, not as bad fields
+    actual = len(view) - HEADER_SIZE
+    if actual < body_len:
+        raise TruncatedRecordError("body", f"header says {body_len} bytes, got {actual}")
+    if actual > body_len:
+        raise TrailingBytesError("body", f"header says {body_len} bytes, got {actual} ({actual - body_len} extra)")
+    digest = _checksum(view[:_CHECKED_HEADER], view[HEADER_SIZE:])
+    if digest != checksum:
+        raise ChecksumError("checksum", f"expected {checksum:#018x} from the header, computed {digest:#018x}")
     if method not in _METHODS_BY_CODE:
         raise HeaderFieldError("method", f"expected 1 (sampled) or 2 (top-k), got {method}")
     kind = _METHODS_BY_CODE[method]
@@ -288,10 +302,6 @@ def read_header(data: bytes | bytearray | memoryview) -> RecordHeader:
             )
         if not (math.isfinite(param) and param > 0):
             raise HeaderFieldError("param", f"expected a temperature > 0, got {param}")
-        if weighted != (param != 1.0):
-            raise HeaderFieldError(
-                "flags", f"WEIGHTED must be set exactly when the temperature != 1 (temperature {param})"
-            )
     else:
         if not 1 <= rounds_or_k <= min(vocab, MAX_ROUNDS):
             raise HeaderFieldError("rounds_or_k", f"expected 1 <= k <= {min(vocab, MAX_ROUNDS)}, got {rounds_or_k}")
@@ -331,18 +341,10 @@ def read_header(data: bytes | bytearray | memoryview) -> RecordHeader:
         input_hash=input_hash,
         checksum=checksum,
     )
-    actual = len(view) - HEADER_SIZE
-    if actual < body_len:
-        raise TruncatedRecordError("body", f"header says {body_len} bytes, got {actual}")
-    if actual > body_len:
-        raise TrailingBytesError("body", f"header says {body_len} bytes, got {actual} ({actual - body_len} extra)")
     if not header.dense and body_len != sum(header.section_sizes()):
         raise HeaderFieldError(
             "body_len", f"expected {sum(header.section_sizes())} for T, E and widths, got {body_len}"
         )
-    digest = _checksum(view[:_CHECKED_HEADER], view[HEADER_SIZE:])
-    if digest != checksum:
-        raise ChecksumError("checksum", f"expected {checksum:#018x} from the header, computed {digest:#018x}")
     return header
 
 
@@ -436,10 +438,12 @@ def encode(
         value_bits = per_position.bit_length()
         values = targets.values.detach().cpu().numpy().astype(np.int64, copy=False)
         param = float(np.float32(targets.temperature))
-        if param != 1.0:
-            if targets.weights is None:
-                raise ValueError(f"weights: expected importance weights for temperature {param}, got None")
+        if not param > 0:
+            raise ValueError(f"temperature: expected > 0 in float32, got {targets.temperature}")
+        if targets.weights is not None:
             weights = targets.weights.detach().cpu().numpy().astype(np.float32)
+            if weights.shape != (targets.num_entries,):
+                raise ValueError(f"weights: expected shape [{targets.num_entries}] (one per entry), got {weights.shape}")
     else:
         per_position = targets.k
         if not 1 <= per_position <= min(vocab, MAX_ROUNDS):
@@ -516,7 +520,9 @@ def _assemble(
                 b"" if weights is None else _to_planes(weights.view(np.uint32).astype(np.int64), 4),
             ]
         )
-        body = zstandard.ZstdCompressor(level=zstd_level).compress(raw)
+        if len(raw) > MAX_DENSE_RAW_BYTES:
+            raise ValueError(f"dense: expected at most {MAX_DENSE_RAW_BYTES} bytes before compression, got {len(raw)}")
+        body = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True).compress(raw)
     else:
         entries = token_ids | (values << h.id_bits)
         body = b"".join(
@@ -561,7 +567,8 @@ def _ratio_encode(probs: npt.NDArray[np.float64], offsets: IntArray, bits: int) 
         active = lengths > j
         idx = starts[active] + j
         ratio = probs[idx] / prev[active]
-        level = np.clip(np.rint(ratio * scale - 1.0), 0, scale - 1).astype(np.int64)
+        # round up: p̂ >= p keeps the next ratio <= 1 (representable) and bounds the error by one step
+        level = np.clip(np.ceil(ratio * scale) - 1.0, 0, scale - 1).astype(np.int64)
         levels[idx] = level
         prev[active] *= (level + 1) / scale
     return levels
@@ -658,10 +665,17 @@ def _split_dense(h: RecordHeader, body: memoryview) -> Sections:
     if h.weighted:
         widths.append((e, 4))
     expected = sum(n * w for n, w in widths)
-    if expected > _MAX_DENSE_RATIO * len(body) + 4096:
-        raise BodyError("body", f"header implies {expected} decompressed bytes from only {len(body)} compressed")
+    if expected > MAX_DENSE_RAW_BYTES:
+        raise BodyError("body", f"expected at most {MAX_DENSE_RAW_BYTES} decompressed bytes, header implies {expected}")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected)
+        # the frame must declare exactly the size the header implies: nothing larger is allocated
+        declared = zstandard.frame_content_size(body)
+        if declared != expected:
+            raise BodyError("body", f"expected a zstd frame of {expected} bytes for T, E and widths, got {declared}")
+        stream = zstandard.ZstdDecompressor().decompressobj()
+        raw = stream.decompress(body)
+        if not stream.eof or stream.unused_data:
+            raise BodyError("body", "expected exactly one complete zstd frame")
     except zstandard.ZstdError as exc:
         raise BodyError("body", f"zstd frame does not decompress: {exc}") from exc
     if len(raw) != expected:
@@ -730,9 +744,11 @@ def _validate_content(
         if steps.shape[0] and steps.min() < 1:
             bad = int(np.flatnonzero(steps < 1)[0]) + 1
             raise EntryOrderError("entries", f"expected strictly ascending ids within a position, not at entry {bad}")
-        if weights is not None and not (np.isfinite(weights).all() and (weights > 0).all()):
-            raise WeightError("weights", "expected finite importance weights > 0")
+        if weights is not None and not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise WeightError("weights", "expected finite importance weights >= 0")
     else:
+        if values.min() < 0 or values.max() >= 1 << h.value_bits:
+            raise HeaderFieldError("entries", f"expected top-k levels below 2**value_bits = {1 << h.value_bits}")
         keyed = np.repeat(np.arange(h.num_positions, dtype=np.int64), entry_counts) * h.vocab_size + token_ids
         keyed.sort()
         if (np.diff(keyed) == 0).any():
@@ -755,8 +771,9 @@ def decode_torch(
     """Decode a record into ``(input_ids [T] int64, SparseTargets)`` on ``device``.
 
     The header and checksum are checked on the CPU; a fixed-width body is shipped to the device
-    as packed bytes and unpacked and validated there with torch ops (one host sync for the
-    checks). A dense body is decompressed on the CPU first.
+    as packed bytes and unpacked and validated there with torch ops (a handful of host syncs per
+    record, whatever its size; the input ids come back to the CPU for the alignment hash). A
+    dense body is decompressed on the CPU first.
     """
     h = read_header(data)
     target = torch.device(device) if device is not None else torch.device("cpu")
@@ -839,9 +856,11 @@ def _validate_torch(
             ((~ascending).any(), EntryOrderError("entries", "expected strictly ascending ids within a position")),
         ]
         if weights is not None:
-            bad_weight = (~torch.isfinite(weights) | (weights <= 0)).any()
-            checks.append((bad_weight, WeightError("weights", "expected finite importance weights > 0")))
+            bad_weight = (~torch.isfinite(weights) | (weights < 0)).any()
+            checks.append((bad_weight, WeightError("weights", "expected finite importance weights >= 0")))
     else:
+        too_big = (values >= 1 << h.value_bits).any()
+        checks.append((too_big, HeaderFieldError("entries", f"expected top-k levels below {1 << h.value_bits}")))
         keyed = (position * h.vocab_size + token_ids).sort().values
         checks.append(
             ((keyed[1:] == keyed[:-1]).any(), EntryOrderError("entries", "expected unique token ids within a position"))
