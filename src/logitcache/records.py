@@ -443,7 +443,9 @@ def encode(
         if targets.weights is not None:
             weights = targets.weights.detach().cpu().numpy().astype(np.float32)
             if weights.shape != (targets.num_entries,):
-                raise ValueError(f"weights: expected shape [{targets.num_entries}] (one per entry), got {weights.shape}")
+                raise ValueError(
+                    f"weights: expected shape [{targets.num_entries}] (one per entry), got {weights.shape}"
+                )
     else:
         per_position = targets.k
         if not 1 <= per_position <= min(vocab, MAX_ROUNDS):

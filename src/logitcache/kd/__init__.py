@@ -1,0 +1,16 @@
+"""Student-side losses and metrics for sparse knowledge distillation.
+
+* :func:`sparse_kd_loss` — forward KL against padded sparse targets (``kl`` / ``ghost`` /
+  ``naive_fix``, CE mixing, temperature, masks, weights), implementations ``reference`` /
+  ``chunked`` / ``triton``;
+* :func:`fused_linear_sparse_kd_loss` — the same from hidden states and the LM-head weight,
+  without materialising the logits;
+* :class:`SparseKDLoss`, :class:`FusedLinearSparseKDLoss` — ``nn.Module`` wrappers;
+* :mod:`logitcache.kd.metrics` — ECE, top-1 agreement, LM loss.
+"""
+
+from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
+from logitcache.kd.loss import KDParams, sparse_kd_loss
+from logitcache.kd.modules import FusedLinearSparseKDLoss, SparseKDLoss
+
+__all__ = ["FusedLinearSparseKDLoss", "KDParams", "SparseKDLoss", "fused_linear_sparse_kd_loss", "sparse_kd_loss"]

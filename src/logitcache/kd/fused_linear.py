@@ -1,0 +1,122 @@
+"""The sparse-KD loss from hidden states and the LM-head weight, without the full logits.
+
+``logits = hidden @ weight.T`` is ``[N, V]``: at V = 128k and N = 16k positions that is 8 GiB in
+fp32, more than the model. As Liger-Kernel and Cut Cross-Entropy do for cross-entropy, this
+computes the loss chunk by chunk of positions: for each chunk it forms the ``[c, V]`` logits,
+gets the loss rows and ``∂L/∂logits`` from :func:`~logitcache.kd.chunked.kd_chunk`, and turns
+them at once into ``∂L/∂hidden = g @ weight`` and ``∂L/∂weight += gᵀ @ hidden``. Peak extra
+memory is one chunk of logits and gradient plus the parameter-sized gradients.
+
+The backward pass only scales the stored gradients by the incoming scalar, so the result must
+be reduced (``"mean"`` or ``"sum"``); ``"none"`` is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from logitcache.kd.chunked import default_chunk_size, kd_chunk
+from logitcache.kd.loss import KDParams, Mode, PreparedTargets, Reduction, check_logits, prepare_targets
+
+__all__ = ["fused_linear_sparse_kd_loss"]
+
+
+class _FusedLinearSparseKD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, prepared: PreparedTargets, params: KDParams) -> Tensor:
+        n = hidden.shape[0]
+        vocab = weight.shape[0]
+        need_hidden, need_weight = hidden.requires_grad, weight.requires_grad
+        hidden, weight = hidden.detach(), weight.detach()
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        need_grad = need_hidden or need_weight
+        step = params.chunk_size or default_chunk_size(vocab)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_chunk: Tensor | None = None
+        with torch.no_grad():
+            for start in range(0, n, step):
+                end = min(n, start + step)
+                h = hidden[start:end]
+                logits = h @ weight.T  # [c, V]
+                if need_grad and (grad_chunk is None or grad_chunk.shape[0] != end - start):
+                    grad_chunk = torch.empty_like(logits)
+                rows = kd_chunk(
+                    logits,
+                    prepared.ids[start:end],
+                    prepared.probs[start:end],
+                    prepared.labels[start:end],
+                    prepared.row_weight[start:end],
+                    params,
+                    grad_chunk if need_grad else None,
+                )
+                total += rows.sum()
+                del logits
+                if grad_chunk is not None:
+                    if grad_hidden is not None:
+                        torch.matmul(grad_chunk, weight, out=grad_hidden[start:end])
+                    if grad_weight is not None:
+                        grad_weight.addmm_(grad_chunk.T.float(), h.float())
+        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_sparse_kd_loss: backward ran twice; the gradients are consumed")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        if not bool(grad_total == 1):
+            for grad in (grad_hidden, grad_weight):
+                if grad is not None:
+                    grad.mul_(grad_total.to(grad.dtype))
+        return grad_hidden, grad_weight, None, None
+
+
+def fused_linear_sparse_kd_loss(
+    hidden: Tensor,  # [N, H]
+    weight: Tensor,  # [V, H] (the LM head, no bias)
+    target_ids: Tensor,  # [N, K], -1 = padding
+    target_probs: Tensor,  # [N, K]
+    *,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    mode: Mode = "kl",
+    ce_weight: float = 0.0,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    chunk_size: int | None = None,
+    mass_tolerance: float = 1e-3,
+) -> Tensor:
+    """:func:`~logitcache.kd.loss.sparse_kd_loss` of ``hidden @ weight.T``, chunked over positions.
+
+    Gradients flow to ``hidden`` and ``weight``. ``reduction`` is ``"mean"`` or ``"sum"``.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum' for the fused-linear loss, got {reduction!r}")
+    params = KDParams(
+        mode=mode,
+        ce_weight=ce_weight,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        mass_tolerance=mass_tolerance,
+        chunk_size=chunk_size,
+    )
+    check_logits(hidden, "hidden")
+    check_logits(weight, "weight")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"weight: expected shape [V, H={hidden.shape[1]}], got {list(weight.shape)}")
+    if weight.device != hidden.device or weight.dtype != hidden.dtype:
+        raise ValueError(
+            f"weight: expected {hidden.dtype} on {hidden.device} (as hidden), got {weight.dtype} on {weight.device}"
+        )
+    shape = (hidden.shape[0], weight.shape[0])
+    prepared = prepare_targets(shape, hidden.device, target_ids, target_probs, params, labels, mask, weights)
+    loss: Tensor = _FusedLinearSparseKD.apply(hidden, weight, prepared, params)
+    return loss
