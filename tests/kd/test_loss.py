@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import pytest
@@ -248,6 +249,8 @@ def test_bad_input_is_refused_with_the_argument_named() -> None:
     case = make_case(6, 50, 4, seed=22, kind="topk")
     ids, probs = case.ids, case.probs
     _bad(r"logits: expected shape \[N, V\]", logits=torch.zeros(6, 5, 50))
+    if HAS_TRITON and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        _bad("impl: 'triton' needs CUDA tensors", impl="triton")
     _bad("logits: expected float32, float16 or bfloat16", logits=torch.zeros(6, 50, dtype=torch.float64))
     _bad(r"target_ids: expected shape \[N=6, K\], got \[5, 4\]", target_ids=ids[:5], target_probs=probs[:5])
     _bad(r"target_probs: expected shape \[6, 4\]", target_probs=probs[:, :3])
@@ -265,12 +268,110 @@ def test_bad_input_is_refused_with_the_argument_named() -> None:
     _bad(r"labels: expected ids in \[0, V=50\)", labels=torch.full((6,), 50))
     _bad(r"labels: expected an int64 tensor of shape \[N=6\]", labels=torch.zeros(5, dtype=torch.int64))
     _bad("mask: expected a bool tensor", mask=torch.ones(6))
-    _bad("weights: expected non-negative", weights=-torch.ones(6))
+    _bad("weights: expected finite non-negative", weights=-torch.ones(6))
+    _bad("weights: expected finite non-negative", weights=torch.full((6,), float("inf")))
+    dup = ids.clone()
+    dup[2, 1] = dup[2, 0]
+    _bad("target_ids: expected unique ids within a row, got id .* twice in row 2", target_ids=dup)
+    _bad("chunk_size: expected an int", chunk_size=2.5)
+    _bad("ignore_index: expected an int", ignore_index=None)
+    _bad("ce_weight: expected a number", ce_weight="0.5")
+    _bad(r"logits: expected shape \[N, V\] with V >= 1", logits=torch.zeros(6, 0))
     _bad(r"weights: expected a float tensor of shape \[N=6\]", weights=torch.ones(7))
     _bad("mode: expected one of", mode="reverse_kl")
     _bad("reduction: expected one of", reduction="max")
     _bad("impl: expected one of", impl="cuda")
-    _bad("temperature: expected a finite value > 0, got 0", temperature=0.0)
+    _bad(r"temperature: expected a value in \[1e-4, 1e4\], got 0", temperature=0.0)
     _bad("ce_weight: expected 0 <= α <= 1, got 1.5", ce_weight=1.5, labels=case.labels)
     if torch.device("meta") != case.logits.device:
         _bad("target_ids: expected device cpu", target_ids=ids.to("meta"))
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_ghost_with_a_confident_student_stays_exact(impl: str) -> None:
+    """The student's mass outside K rounds to 0 in fp32: the gradient must not explode."""
+    x = torch.zeros(2, 1000)
+    x[:, 0] = 25.0
+    case = Case(
+        x.requires_grad_(), torch.tensor([[0, 1], [0, 1]]), torch.tensor([[0.6, 0.1], [0.6, 0.1]]), x[:, 0].long()
+    )
+    loss, grad = _run(case, impl, mode="ghost", reduction="sum")
+    ref_loss, ref_grad = _run(case, "reference", mode="ghost", reduction="sum")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert grad.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_ghost_equals_kl_for_fp32_sampled_targets_with_a_confident_student(impl: str) -> None:
+    case = make_case(seed=30, kind="sampled")
+    sharp = Case((case.logits.detach() * 8).requires_grad_(), case.ids, case.probs, case.labels)
+    ghost = _run(sharp, impl, mode="ghost")
+    kl = _run(sharp, impl, mode="kl")
+    torch.testing.assert_close(ghost, kl)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_bf16_ghost_with_a_confident_student(impl: str) -> None:
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(4, 1000, generator=gen) * 0.5
+    x[:, 0] += 12
+    x = x.bfloat16().requires_grad_()
+    case = Case(x, torch.tensor([[0, 1]] * 4), torch.tensor([[0.6, 0.1]] * 4), torch.zeros(4, dtype=torch.int64))
+    _, grad = _run(case, impl, mode="ghost")
+    _, ref = _run(case, "reference", mode="ghost")
+    assert (grad.float() - ref.float()).abs().max() <= 1e-2 * ref.float().abs().max()
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_fp16_logits_survive_loss_scaling(impl: str) -> None:
+    case = make_case(64, 512, 8, seed=32)
+    x = case.logits.detach().half().requires_grad_()
+    (sparse_kd_loss(x, case.ids, case.probs, impl=impl) * 65536.0).backward()  # type: ignore[arg-type]
+    assert x.grad is not None
+    ref_x = case.logits.detach().half().requires_grad_()
+    (sparse_kd_loss(ref_x, case.ids, case.probs, impl="reference") * 65536.0).backward()
+    assert ref_x.grad is not None
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad.float(), ref_x.grad.float(), rtol=2e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_dropped_rows_never_leak_inf_or_nan(impl: str) -> None:
+    case = make_case(6, 50, 4, seed=33, kind="topk")
+    x = case.logits.detach().clone()
+    x[2] = float("nan")
+    x[4, case.ids[4, 0]] = float("-inf")
+    mask = torch.ones(6, dtype=torch.bool)
+    mask[[2, 4]] = False
+    loss, grad = _run(Case(x.requires_grad_(), case.ids, case.probs, case.labels), impl, mask=mask)
+    assert torch.isfinite(loss).all()
+    assert torch.isfinite(grad).all()
+    assert grad[[2, 4]].abs().max() == 0
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_a_leading_block_of_minus_inf_logits(impl: str) -> None:
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(34))
+    x[:, :4096] = float("-inf")
+    case = Case(
+        x.requires_grad_(),
+        torch.tensor([[4100, 4200], [4300, -1]]),
+        torch.tensor([[0.5, 0.3], [0.6, 0.0]]),
+        torch.zeros(2, dtype=torch.int64),
+    )
+    loss, grad = _run(case, impl)
+    ref_loss, ref_grad = _run(case, "reference")
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_double_backward_is_refused_not_silently_wrong() -> None:
+    case = make_case(seed=35)
+    x = case.logits.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(sparse_kd_loss(x, case.ids, case.probs), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad|marked with"):
+        torch.autograd.grad(grad.sum(), x)

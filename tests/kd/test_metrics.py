@@ -23,7 +23,7 @@ def _ece_reference(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> f
     for row, label in zip(probs.tolist(), labels.tolist(), strict=True):
         confidence = max(row)
         predicted = row.index(confidence)
-        index = min(int(confidence * n_bins), n_bins - 1)
+        index = min(max(math.ceil(confidence * n_bins) - 1, 0), n_bins - 1)  # (lo, hi] bins
         bins[index].append((confidence, predicted == label))
     total = len(labels)
     ece = 0.0
@@ -83,6 +83,23 @@ def test_lm_loss_is_mean_cross_entropy() -> None:
     labels = torch.randint(0, 50, (3000,), generator=gen)
     assert lm_loss(logits, labels) == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-6)
     assert math.isclose(lm_loss(logits[:0], labels[:0]), 0.0)
+
+
+def test_bins_are_right_closed() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.5], [0.45, 0.55]]))  # confidences 0.5 and 0.55
+    labels = torch.tensor([0, 0])  # the first is right (argmax ties pick 0), the second wrong
+    acc = CalibrationAccumulator(10)
+    acc.update(logits, labels)
+    assert acc.bins().count.tolist()[4:6] == [1.0, 1.0]  # 0.5 in (0.4, 0.5], 0.55 in (0.5, 0.6]
+
+
+def test_top1_agreement_skips_positions_without_entries() -> None:
+    teacher = sparse_argmax(torch.tensor([[2, -1], [-1, -1]]), torch.tensor([[0.9, 0.0], [0.0, 0.0]]))
+    assert teacher.tolist() == [2, -1]
+    logits = torch.zeros(2, 4)
+    logits[:, 2] = 1.0
+    assert top1_agreement(logits, teacher) == 1.0
+    assert sparse_argmax(torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0)).tolist() == [-1, -1, -1]
 
 
 def test_shape_mismatch() -> None:

@@ -1,17 +1,25 @@
 """The chunked sparse-KD implementation (pure torch, any device) and the autograd glue it shares.
 
 :func:`kd_chunk` computes, for a block of positions, the per-position loss and the gradient with
-respect to the logits in closed form (see :mod:`logitcache.kd.loss`):
+respect to the logits in closed form (see :mod:`logitcache.kd.loss`), with ``z = x/τ``,
+``s = softmax(z)`` and ``w`` the position's weight:
 
-    ∂L/∂x = w · [ (1 − α)/τ · (a·s_τ + Σ_k c_k e_{id_k}) + α·(s_1 − e_label) ]
+    kl, naive_fix:  ∂L/∂x = w · [ (1 − α)/τ · ((Σ t)·s − t) + α·(s_1 − e_label) ]
+    ghost:          ∂L/∂x = w · [ (1 − α)/τ · (s − t − t_g·q) + α·(s_1 − e_label) ]
 
-with ``a = Σ t`` and ``c_k = −t_k`` for ``"kl"``, and for ``"ghost"`` ``a = 1 − t_g/s_g`` and
-``c_k = s_k (1 − a) − t_k``. One ``log_softmax`` per chunk (written straight into the gradient
-buffer when the logits are fp32), an in-place ``exp`` and scale, and a scatter of ``K`` entries.
+where ``q`` is the student's softmax restricted to the tokens outside the K entries
+(``q_j = s_j / s_g``, zero on the entries) and ``t_g = 1 − Σ t``. Writing the ghost gradient
+with ``q`` (instead of ``s·(1 − t_g/s_g)``) and taking ``log s_g`` as a logsumexp over the
+tokens outside K keeps it exact when the student is confident and ``s_g`` is tiny.
+
+Per chunk: one ``log_softmax`` (written straight into the gradient buffer when it is fp32), an
+in-place ``exp`` and scale, a scatter of ``K`` entries; ghost mode adds a masked logsumexp and
+one more ``[chunk, V]`` buffer.
 
 :class:`PrecomputedGradKD` is the ``autograd.Function`` both this and the Triton implementation
-use: the forward pass computes the loss rows and the full gradient at once, the backward pass
-only scales it by the incoming gradient (in place, so backward may run once).
+use: the forward pass computes the loss rows and the full gradient at once (fp32 for fp16
+logits, whose range could not hold it before the upstream scale; the logits' dtype otherwise);
+the backward pass only scales it by the incoming gradient, in place, so it runs once.
 """
 
 from __future__ import annotations
@@ -21,12 +29,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from logitcache.kd.loss import KDParams, PreparedTargets
+from logitcache.kd.loss import KDParams, PreparedTargets, ghost_mass
 
-__all__ = ["PrecomputedGradKD", "chunked_rows", "default_chunk_size", "kd_chunk"]
-
-_TINY = torch.finfo(torch.float32).tiny
+__all__ = ["PrecomputedGradKD", "chunked_rows", "default_chunk_size", "grad_dtype", "kd_chunk"]
 
 Compute = Callable[[Tensor, PreparedTargets, KDParams, bool], tuple[Tensor, Tensor | None]]
 
@@ -36,14 +43,19 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(1, min(4096, (1 << 23) // max(1, vocab_size)))
 
 
+def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the gradient is stored in: fp32 for fp16 (range), else the logits' own."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def kd_chunk(
     logits: Tensor,  # [c, V] fp32 / bf16 / fp16
-    ids: Tensor,  # [c, K] int64, -1 = padding
+    ids: Tensor,  # [c, K] int64, -1 = padding; unique within a row
     probs: Tensor,  # [c, K] fp32, 0 at padding
     labels: Tensor,  # [c] int64 (valid indices)
-    row_weight: Tensor,  # [c] fp32
+    row_weight: Tensor,  # [c] fp32, 0 = dropped
     params: KDParams,
-    grad_out: Tensor | None,  # [c, V] in the logits' dtype, or None for the loss only
+    grad_out: Tensor | None,  # [c, V] in grad_dtype(logits.dtype), or None for the loss only
 ) -> Tensor:
     """Loss per position ``[c]`` (already times ``row_weight``); writes ``∂L/∂logits`` into ``grad_out``."""
     inv_t = 1.0 / params.temperature
@@ -58,36 +70,42 @@ def kd_chunk(
     logp_k = logp.gather(1, safe)  # [c, K]
     total = probs.sum(dim=1)
     kd = torch.xlogy(probs, probs).sum(dim=1) - torch.where(valid, probs * logp_k, 0.0).sum(dim=1)
-    a = total
-    s_k = torch.where(valid, logp_k.exp(), 0.0)
+    q = None
     if params.ghost:
-        student_mass = s_k.sum(dim=1)
-        ghost_t = (1.0 - total).clamp_min(0.0)
-        ghost_s = (1.0 - student_mass).clamp_min(_TINY)
-        kd = kd + torch.xlogy(ghost_t, ghost_t) - ghost_t * ghost_s.log()
-        a = total - ghost_t * student_mass / ghost_s
+        ghost_t = ghost_mass(total)
+        k_count = torch.zeros(logp.shape, dtype=torch.uint8, device=logp.device)
+        in_k = k_count.scatter_add_(1, safe, valid.to(torch.uint8)) > 0
+        log_ghost_s = torch.logsumexp(logp.masked_fill(in_k, float("-inf")), dim=1)  # log Σ_{j∉K} s_j
+        kd = kd + torch.xlogy(ghost_t, ghost_t) - torch.where(ghost_t > 0, ghost_t * log_ghost_s, 0.0)
+        if grad_out is not None:
+            q = (logp - log_ghost_s[:, None]).exp_().masked_fill_(in_k, 0.0)
+        scale_s = torch.ones_like(total)
+    else:
+        scale_s = total
     loss = (1.0 - alpha) * kd
     logp_ce = logp if inv_t == 1.0 else None
     if alpha > 0:
         if logp_ce is None:
             logp_ce = torch.log_softmax(logits.float(), dim=-1)
         loss = loss + alpha * -logp_ce.gather(1, labels[:, None]).squeeze(1)
-    rows = row_weight * loss
+    keep = row_weight > 0
+    rows = torch.where(keep, row_weight * loss, 0.0)  # a dropped row never leaks inf or NaN
     if grad_out is None:
         return rows
     kd_scale = row_weight * ((1.0 - alpha) * inv_t)  # [c]
-    coef = kd_scale * a
+    coef = kd_scale * scale_s
     if alpha > 0 and logp_ce is logp:
         coef = coef + row_weight * alpha  # s_τ = s_1: both terms scale the same softmax
     grad = logp.exp_().mul_(coef[:, None])
+    if q is not None:
+        grad.sub_(q.mul_((kd_scale * ghost_mass(total))[:, None]))
     if alpha > 0 and logp_ce is not logp and logp_ce is not None:
         grad.add_(logp_ce.exp_().mul_((row_weight * alpha)[:, None]))
-    correction = -probs
-    if params.ghost:
-        correction = correction + s_k * (1.0 - a)[:, None]
-    grad.scatter_add_(1, safe, torch.where(valid, correction * kd_scale[:, None], 0.0))
+    grad.scatter_add_(1, safe, torch.where(valid, -probs * kd_scale[:, None], 0.0))
     if alpha > 0:
         grad.scatter_add_(1, labels[:, None], -(row_weight * alpha)[:, None])
+    if not bool(keep.all()):
+        grad.masked_fill_(~keep[:, None], 0.0)
     if grad is not grad_out:
         grad_out.copy_(grad)
     return rows
@@ -97,7 +115,7 @@ def _chunked_compute(
     logits: Tensor, prepared: PreparedTargets, params: KDParams, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     n, vocab = logits.shape
-    grad = torch.empty_like(logits) if need_grad else None
+    grad = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device) if need_grad else None
     rows = torch.empty(n, dtype=torch.float32, device=logits.device)
     step = params.chunk_size or default_chunk_size(vocab)
     for start in range(0, n, step):
@@ -119,23 +137,31 @@ class PrecomputedGradKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, prepared: PreparedTargets, params: KDParams, compute: Compute) -> Tensor:
-        with torch.no_grad():
-            rows, grad = compute(logits.detach(), prepared, params, logits.requires_grad)
+        rows, grad = compute(logits.detach(), prepared, params, True)
         ctx.grad = grad
+        ctx.dtype = logits.dtype
         return rows
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_rows: Tensor) -> tuple[Tensor | None, None, None, None]:
         grad: Tensor | None = ctx.grad
         if grad is None:
             raise RuntimeError("sparse_kd_loss: backward ran twice; the gradient buffer is consumed")
         ctx.grad = None
         if not bool((grad_rows == 1).all()):
-            grad.mul_(grad_rows.to(grad.dtype)[:, None])
-        return grad, None, None, None
+            grad.mul_(grad_rows[:, None])  # computed in fp32, stored back in the buffer's dtype
+        return grad.to(ctx.dtype), None, None, None
+
+
+def run_rows(logits: Tensor, prepared: PreparedTargets, params: KDParams, compute: Compute) -> Tensor:
+    """Through autograd when a gradient is wanted; a plain loss-only pass otherwise."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        rows: Tensor = PrecomputedGradKD.apply(logits, prepared, params, compute)
+        return rows
+    return compute(logits.detach(), prepared, params, False)[0]
 
 
 def chunked_rows(logits: Tensor, prepared: PreparedTargets, params: KDParams) -> Tensor:
     """Per-position weighted losses ``[N]`` with the chunked implementation."""
-    rows: Tensor = PrecomputedGradKD.apply(logits, prepared, params, _chunked_compute)
-    return rows
+    return run_rows(logits, prepared, params, _chunked_compute)

@@ -8,7 +8,9 @@ them at once into ``∂L/∂hidden = g @ weight`` and ``∂L/∂weight += gᵀ @
 memory is one chunk of logits and gradient plus the parameter-sized gradients.
 
 The backward pass only scales the stored gradients by the incoming scalar, so the result must
-be reduced (``"mean"`` or ``"sum"``); ``"none"`` is refused.
+be reduced (``"mean"`` or ``"sum"``); ``"none"`` is refused. ``grad_weight`` is accumulated in
+fp32 (a ``[V, H]`` fp32 buffer until backward); with fp16 inputs the matmuls of the gradient run
+in fp32 against an fp32 copy of the weight.
 """
 
 from __future__ import annotations
@@ -17,53 +19,65 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from logitcache.kd.chunked import default_chunk_size, kd_chunk
+from logitcache.kd.chunked import default_chunk_size, grad_dtype, kd_chunk
 from logitcache.kd.loss import KDParams, Mode, PreparedTargets, Reduction, check_logits, prepare_targets
 
 __all__ = ["fused_linear_sparse_kd_loss"]
 
 
+def _fused_compute(
+    hidden: Tensor, weight: Tensor, prepared: PreparedTargets, params: KDParams, need_hidden: bool, need_weight: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Loss (sum of the weighted rows) and, if asked, the gradients for ``hidden`` and ``weight``."""
+    n = hidden.shape[0]
+    vocab = weight.shape[0]
+    need_grad = need_hidden or need_weight
+    # fp16: keep the logits' gradient and the matmuls in fp32 (fp16's range cannot hold them)
+    wide = hidden.dtype == torch.float16 and need_grad
+    weight_g = weight.float() if wide else weight
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    step = params.chunk_size or default_chunk_size(vocab)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_chunk: Tensor | None = None
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        h = hidden[start:end]
+        logits = h @ weight.T  # [c, V]
+        if need_grad and (grad_chunk is None or grad_chunk.shape[0] != end - start):
+            grad_chunk = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device)
+        rows = kd_chunk(
+            logits,
+            prepared.ids[start:end],
+            prepared.probs[start:end],
+            prepared.labels[start:end],
+            prepared.row_weight[start:end],
+            params,
+            grad_chunk if need_grad else None,
+        )
+        total += rows.sum()
+        del logits
+        if grad_chunk is not None:
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_chunk @ weight_g
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_chunk.T.float(), h.float())
+    return total, grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype)
+
+
 class _FusedLinearSparseKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, prepared: PreparedTargets, params: KDParams) -> Tensor:
-        n = hidden.shape[0]
-        vocab = weight.shape[0]
-        need_hidden, need_weight = hidden.requires_grad, weight.requires_grad
-        hidden, weight = hidden.detach(), weight.detach()
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        need_grad = need_hidden or need_weight
-        step = params.chunk_size or default_chunk_size(vocab)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_chunk: Tensor | None = None
-        with torch.no_grad():
-            for start in range(0, n, step):
-                end = min(n, start + step)
-                h = hidden[start:end]
-                logits = h @ weight.T  # [c, V]
-                if need_grad and (grad_chunk is None or grad_chunk.shape[0] != end - start):
-                    grad_chunk = torch.empty_like(logits)
-                rows = kd_chunk(
-                    logits,
-                    prepared.ids[start:end],
-                    prepared.probs[start:end],
-                    prepared.labels[start:end],
-                    prepared.row_weight[start:end],
-                    params,
-                    grad_chunk if need_grad else None,
-                )
-                total += rows.sum()
-                del logits
-                if grad_chunk is not None:
-                    if grad_hidden is not None:
-                        torch.matmul(grad_chunk, weight, out=grad_hidden[start:end])
-                    if grad_weight is not None:
-                        grad_weight.addmm_(grad_chunk.T.float(), h.float())
-        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        total, grad_hidden, grad_weight = _fused_compute(
+            hidden.detach(), weight.detach(), prepared, params, hidden.requires_grad, weight.requires_grad
+        )
+        ctx.grads = (grad_hidden, grad_weight)
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         if ctx.grads is None:
             raise RuntimeError("fused_linear_sparse_kd_loss: backward ran twice; the gradients are consumed")
@@ -72,7 +86,7 @@ class _FusedLinearSparseKD(torch.autograd.Function):
         if not bool(grad_total == 1):
             for grad in (grad_hidden, grad_weight):
                 if grad is not None:
-                    grad.mul_(grad_total.to(grad.dtype))
+                    grad.mul_(grad_total)
         return grad_hidden, grad_weight, None, None
 
 
@@ -118,5 +132,7 @@ def fused_linear_sparse_kd_loss(
         )
     shape = (hidden.shape[0], weight.shape[0])
     prepared = prepare_targets(shape, hidden.device, target_ids, target_probs, params, labels, mask, weights)
-    loss: Tensor = _FusedLinearSparseKD.apply(hidden, weight, prepared, params)
-    return loss
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        loss: Tensor = _FusedLinearSparseKD.apply(hidden, weight, prepared, params)
+        return loss
+    return _fused_compute(hidden.detach(), weight.detach(), prepared, params, False, False)[0]

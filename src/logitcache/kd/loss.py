@@ -21,8 +21,13 @@ so only a logsumexp over the vocabulary and a gather of ``K`` entries are needed
 ``ce_weight`` α mixes in cross-entropy on ``labels`` (at temperature 1) in the same pass:
 ``loss = α·CE + (1 − α)·KD``. No ``τ²`` factor is applied; multiply it in if you want Hinton's.
 
-Positions are dropped (zero loss, zero gradient, not counted by ``"mean"``) when ``mask`` is
-False, when ``labels == ignore_index``, or, with ``ce_weight == 0``, when the row has no entries.
+Positions are dropped (zero loss, zero gradient, not counted by ``"mean"``; whatever their
+logits hold) when ``mask`` is False, when ``labels == ignore_index``, or, with ``ce_weight == 0``,
+when the row has no entries (in ``"naive_fix"`` mode an empty row is a one-hot target on its
+label, so it is kept). Ids must be unique within a row (records guarantee it).
+
+In ``"ghost"`` mode a residual ``1 − Σ t`` of at most ``GHOST_FLOOR`` (1e-6) is read as rounding,
+not ghost mass: random-sampling targets then give exactly the ``"kl"`` loss.
 ``weights`` (``[N]``, ≥ 0) scale positions; ``"mean"`` is the weighted mean ``Σ w·L / Σ w``
 over kept positions (0 when none is kept), ``"sum"`` is ``Σ w·L``, ``"none"`` gives ``w·L`` per
 position.
@@ -46,12 +51,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GHOST_FLOOR",
     "IMPLS",
     "MODES",
     "REDUCTIONS",
     "KDParams",
     "PreparedTargets",
     "check_logits",
+    "ghost_mass",
     "prepare_targets",
     "sparse_kd_loss",
 ]
@@ -77,12 +84,19 @@ class KDParams:
     chunk_size: int | None = None  # positions per chunk (chunked / fused-linear); None → auto
 
     def __post_init__(self) -> None:
+        for name in ("ce_weight", "temperature", "mass_tolerance"):
+            if not isinstance(getattr(self, name), int | float) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a number, got {getattr(self, name)!r}")
+        if not isinstance(self.ignore_index, int):
+            raise ValueError(f"ignore_index: expected an int, got {self.ignore_index!r}")
+        if self.chunk_size is not None and not isinstance(self.chunk_size, int):
+            raise ValueError(f"chunk_size: expected an int or None, got {self.chunk_size!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.ce_weight <= 1.0:
             raise ValueError(f"ce_weight: expected 0 <= α <= 1, got {self.ce_weight}")
-        if not (self.temperature > 0 and self.temperature < float("inf")):
-            raise ValueError(f"temperature: expected a finite value > 0, got {self.temperature}")
+        if not (1e-4 <= self.temperature <= 1e4):
+            raise ValueError(f"temperature: expected a value in [1e-4, 1e4], got {self.temperature}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {self.reduction!r}")
         if not self.mass_tolerance >= 0:
@@ -93,6 +107,17 @@ class KDParams:
     @property
     def ghost(self) -> bool:
         return self.mode == "ghost"
+
+
+GHOST_FLOOR = 1e-6
+"""A residual ``1 − Σ t`` at or below this is rounding, not ghost mass (fp32 sums of targets that
+add up to 1 miss it by ~1e-7)."""
+
+
+def ghost_mass(total: Tensor) -> Tensor:
+    """The ghost token's target ``t_g = 1 − Σ t`` per row, rounding-level residuals read as 0."""
+    residual = 1.0 - total
+    return torch.where(residual > GHOST_FLOOR, residual, torch.zeros_like(residual))
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,12 @@ def prepare_targets(
             raise ValueError("target_probs: expected non-negative numbers, got a negative or NaN probability")
         if bool((probs[pad] != 0).any()):
             raise ValueError("target_probs: expected 0 at padding (id -1), got a non-zero probability")
+        ordered = torch.where(pad, -1, ids).sort(dim=1).values
+        repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        if bool(repeated.any()):
+            row = int(repeated.any(dim=1).nonzero()[0, 0])
+            token = int(ordered[:, 1:][repeated][0])
+            raise ValueError(f"target_ids: expected unique ids within a row, got id {token} twice in row {row}")
         mass = probs.sum(dim=1)
         if bool((mass > 1 + params.mass_tolerance).any()):
             raise ValueError(
@@ -185,8 +216,8 @@ def prepare_targets(
         if weights.device != device:
             raise ValueError(f"weights: expected device {device} (the logits'), got {weights.device}")
         w = weights.detach().float()
-        if bool((torch.isnan(w) | (w < 0)).any()):
-            raise ValueError("weights: expected non-negative numbers, got a negative or NaN weight")
+        if bool((~torch.isfinite(w) | (w < 0)).any()):
+            raise ValueError("weights: expected finite non-negative numbers, got a negative, inf or NaN weight")
         row_weight = row_weight * w
     if params.reduction == "mean":
         row_weight = row_weight / row_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
@@ -262,7 +293,7 @@ def check_logits(logits: Tensor, name: str) -> None:
     """A 2-d fp32 / fp16 / bf16 tensor, else ``ValueError`` (``TypeError`` for a non-tensor)."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(logits).__name__}")
-    if logits.dim() != 2:
-        raise ValueError(f"{name}: expected shape [N, V], got {list(logits.shape)}")
+    if logits.dim() != 2 or logits.shape[1] < 1:
+        raise ValueError(f"{name}: expected shape [N, V] with V >= 1, got {list(logits.shape)}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"{name}: expected float32, float16 or bfloat16, got {logits.dtype}")

@@ -9,8 +9,9 @@
   the largest target probability (:func:`sparse_argmax`).
 * **LM loss**: mean cross-entropy on the labels.
 
-Every function takes ``[N, V]`` logits and skips positions whose label is ``ignore_index``;
-softmaxes run in chunks of positions so memory stays bounded.
+ECE and LM loss skip positions whose label is ``ignore_index``; top-1 agreement skips positions
+without teacher entries and those a mask excludes. Softmaxes run in chunks of positions so memory
+stays bounded. Bins are right-closed, ``(lo, hi]``, as in Guo et al.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class CalibrationAccumulator:
             keep = y != ignore_index
             confidence, predicted = torch.softmax(x[keep], dim=-1).max(dim=-1)
             correct = (predicted == y[keep]).double()
-            bins = (confidence.double() * self.n_bins).long().clamp_(0, self.n_bins - 1).cpu()
+            # right-closed bins (lo, hi] as Guo et al.: a confidence of exactly 0.5 belongs to (0.4, 0.5]
+            bins = (torch.ceil(confidence.double() * self.n_bins) - 1).long().clamp_(0, self.n_bins - 1).cpu()
             self._count.index_add_(0, bins, torch.ones_like(bins, dtype=torch.float64))
             self._confidence.index_add_(0, bins, confidence.double().cpu())
             self._correct.index_add_(0, bins, correct.cpu())
@@ -97,18 +99,28 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15,
 
 
 def sparse_argmax(target_ids: Tensor, target_probs: Tensor) -> Tensor:
-    """The teacher's most probable token per position from padded sparse targets. ``[N]`` int64."""
+    """The teacher's most probable token per position from padded sparse targets. ``[N]`` int64.
+
+    -1 where a position has no entries.
+    """
+    if target_ids.shape[1] == 0:
+        return torch.full((target_ids.shape[0],), -1, dtype=torch.int64, device=target_ids.device)
     best = torch.where(target_ids >= 0, target_probs.float(), -1.0).argmax(dim=1, keepdim=True)
     return target_ids.gather(1, best).squeeze(1).long()
 
 
 @torch.no_grad()
 def top1_agreement(logits: Tensor, teacher_top1: Tensor, mask: Tensor | None = None) -> float:
-    """Fraction of positions where the student's argmax equals ``teacher_top1 [N]`` (ids)."""
+    """Fraction of positions where the student's argmax equals ``teacher_top1 [N]`` (ids).
+
+    Positions with a negative teacher id (no entries, see :func:`sparse_argmax`) or ``mask`` False
+    are skipped.
+    """
     _check_pair(logits, teacher_top1)
-    agree = logits.argmax(dim=-1) == teacher_top1
+    keep = teacher_top1 >= 0
     if mask is not None:
-        agree = agree[mask]
+        keep &= mask
+    agree = (logits.argmax(dim=-1) == teacher_top1)[keep]
     return float(agree.float().mean()) if agree.numel() else 0.0
 
 
@@ -118,7 +130,7 @@ def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> float:
     _check_pair(logits, labels)
     total, count = 0.0, 0
     for start in range(0, logits.shape[0], _CHUNK):
-        y = labels[start : start + _CHUNK]
+        y = labels[start : start + _CHUNK].long()
         x = logits[start : start + _CHUNK].float()
         total += float(torch.nn.functional.cross_entropy(x, y, ignore_index=ignore_index, reduction="sum"))
         count += int((y != ignore_index).sum())

@@ -29,10 +29,11 @@ class SparseKDLoss(nn.Module):
         reduction: Reduction = "mean",
         impl: Impl = "auto",
         chunk_size: int | None = None,
+        mass_tolerance: float = 1e-3,
     ) -> None:
         super().__init__()
         # validates now, not at the first batch
-        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, chunk_size=chunk_size)
+        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, mass_tolerance, chunk_size)
         self.impl: Impl = impl
 
     def forward(
@@ -59,6 +60,7 @@ class SparseKDLoss(nn.Module):
             reduction=p.reduction,
             impl=self.impl,
             chunk_size=p.chunk_size,
+            mass_tolerance=p.mass_tolerance,
         )
 
     def extra_repr(self) -> str:
@@ -81,11 +83,12 @@ class FusedLinearSparseKDLoss(nn.Module):
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         chunk_size: int | None = None,
+        mass_tolerance: float = 1e-3,
     ) -> None:
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction: expected 'mean' or 'sum' for the fused-linear loss, got {reduction!r}")
-        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, chunk_size=chunk_size)
+        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, mass_tolerance, chunk_size)
 
     def forward(
         self,
@@ -112,6 +115,7 @@ class FusedLinearSparseKDLoss(nn.Module):
             ignore_index=p.ignore_index,
             reduction=p.reduction,
             chunk_size=p.chunk_size,
+            mass_tolerance=p.mass_tolerance,
         )
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from logitcache.kd.loss import KDParams, PreparedTargets
+from logitcache.kd.loss import KDParams, PreparedTargets, ghost_mass
 
 __all__ = ["reference_rows"]
 
@@ -27,12 +27,12 @@ def reference_rows(logits: Tensor, prepared: PreparedTargets, params: KDParams) 
     kd = (torch.xlogy(target, target) - torch.where(target > 0, target * logp, 0.0)).sum(dim=1)
     if params.ghost:
         in_k = torch.zeros(n, vocab, device=x.device).scatter_add_(1, safe, valid.float()) > 0
-        student_mass = torch.where(in_k, logp.exp(), 0.0).sum(dim=1)
-        ghost_t = (1.0 - target.sum(dim=1)).clamp_min(0.0)
-        ghost_s = (1.0 - student_mass).clamp_min(torch.finfo(torch.float32).tiny)
-        kd = kd + torch.xlogy(ghost_t, ghost_t) - ghost_t * ghost_s.log()
+        ghost_s = torch.where(in_k, 0.0, logp.exp()).sum(dim=1)  # the student's mass outside K
+        ghost_t = ghost_mass(prepared.probs.sum(dim=1)).double()
+        kd = kd + torch.xlogy(ghost_t, ghost_t) - torch.xlogy(ghost_t, ghost_s)
     loss = (1.0 - params.ce_weight) * kd
     if params.ce_weight > 0:
         ce = -torch.log_softmax(x, dim=-1).gather(1, prepared.labels[:, None]).squeeze(1)
         loss = loss + params.ce_weight * ce
-    return (prepared.row_weight.double() * loss).float()
+    weight = prepared.row_weight.double()
+    return torch.where(weight > 0, weight * loss, 0.0).float()

@@ -6,10 +6,12 @@ that the shared :class:`~logitcache.kd.chunked.PrecomputedGradKD` autograd funct
 
 Per program (row ``r``):
 
-1. online logsumexp of ``z = x/τ`` over V in blocks (and of ``x`` when CE is mixed in at ``τ != 1``);
-2. gather of the ``K`` target entries: the KL (and ghost) terms, the row coefficient ``a``;
-3. second pass: ``grad = w·((1 − α)/τ·a·s_τ + α·s_1)`` written in the logits' dtype;
-4. after a barrier, the ``K`` entry corrections ``c_k`` and the label's ``−α`` added in place.
+1. online logsumexp of ``z = x/τ`` over V in blocks (and of ``x`` when CE is mixed in at ``τ != 1``),
+   and, in ghost mode, over the tokens outside the K entries (a membership test per block);
+2. gather of the ``K`` target entries: the KL (and ghost) terms;
+3. second pass: the dense part of the gradient (see :mod:`logitcache.kd.chunked` for the
+   formulas), written in the gradient's dtype;
+4. after a barrier, ``−t_k`` at the K entries and the label's ``−α`` added in place.
 
 It runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` is set before Triton is
 imported (the tests do that, at small shapes).
@@ -17,13 +19,15 @@ imported (the tests do that, at small shapes).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from logitcache.kd.chunked import PrecomputedGradKD
-from logitcache.kd.loss import KDParams, PreparedTargets
+from logitcache.kd.chunked import grad_dtype, run_rows
+from logitcache.kd.loss import GHOST_FLOOR, KDParams, PreparedTargets
 
 __all__ = ["triton_rows"]
 
@@ -32,18 +36,19 @@ __all__ = ["triton_rows"]
 def _sparse_kd_kernel(
     X,  # [N, V] logits
     stride_x,
-    GRAD,  # [N, V] gradient out (logits' dtype)
+    GRAD,  # [N, V] gradient out (logits' dtype, fp32 for fp16 logits)
     stride_g,
-    IDS,  # [N, K] int64, -1 = padding
+    IDS,  # [N, K] int64, -1 = padding; unique within a row
     PROBS,  # [N, K] fp32
     stride_k,
     LABELS,  # [N] int64
-    ROW_W,  # [N] fp32
+    ROW_W,  # [N] fp32, 0 = dropped
     LOSS,  # [N] fp32 out
     V,
     K,
     inv_t,
     ce_weight,
+    ghost_floor,
     GHOST: tl.constexpr,
     HAS_CE: tl.constexpr,
     SEPARATE_CE: tl.constexpr,  # CE needs its own softmax (τ != 1)
@@ -54,12 +59,21 @@ def _sparse_kd_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_x
     w = tl.load(ROW_W + row)
+    keep = w > 0
 
-    # pass 1: online logsumexp over the vocabulary
-    m = float("-inf")
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    ids = tl.load(IDS + row * stride_k + ks, mask=kmask, other=-1)
+    valid = ids >= 0
+    safe = tl.where(valid, ids, 0)
+
+    # pass 1: online logsumexps over the vocabulary (finite start: a block of -inf stays harmless)
+    m = -1e30
     d = 0.0
-    m1 = float("-inf")
+    m1 = -1e30
     d1 = 0.0
+    mg = -1e30  # ghost: over the tokens outside the K entries
+    dg = 0.0
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
@@ -71,65 +85,70 @@ def _sparse_kd_kernel(
             m1_new = tl.maximum(m1, tl.max(x, 0))
             d1 = d1 * tl.exp(m1 - m1_new) + tl.sum(tl.exp(x - m1_new), 0)
             m1 = m1_new
+        if GHOST:
+            in_k = tl.sum(((cols[:, None] == ids[None, :]) & valid[None, :]).to(tl.int32), 1) > 0
+            zg = tl.where(in_k, float("-inf"), z)
+            mg_new = tl.maximum(mg, tl.max(zg, 0))
+            dg = dg * tl.exp(mg - mg_new) + tl.sum(tl.exp(zg - mg_new), 0)
+            mg = mg_new
     lse = m + tl.log(d)
     lse1 = lse
     if SEPARATE_CE:
         lse1 = m1 + tl.log(d1)
 
     # the K target entries
-    ks = tl.arange(0, BLOCK_K)
-    kmask = ks < K
-    ids = tl.load(IDS + row * stride_k + ks, mask=kmask, other=-1)
-    valid = ids >= 0
-    safe = tl.where(valid, ids, 0)
     t = tl.load(PROBS + row * stride_k + ks, mask=kmask, other=0.0)
     t = tl.where(valid, t, 0.0)
     xk = tl.load(x_row + safe, mask=valid, other=0.0).to(tl.float32) * inv_t
     logp_k = xk - lse
-    s_k = tl.where(valid, tl.exp(logp_k), 0.0)
     total = tl.sum(t, 0)
     tlogt = tl.sum(tl.where(t > 0, t * tl.log(tl.where(t > 0, t, 1.0)), 0.0), 0)
     kd = tlogt - tl.sum(tl.where(valid, t * logp_k, 0.0), 0)
-    a = total
+    scale_s = total
+    ghost_t = 0.0
+    log_ghost_s = 0.0
     if GHOST:
-        student_mass = tl.sum(s_k, 0)
-        ghost_t = tl.maximum(1.0 - total, 0.0)
-        ghost_s = tl.maximum(1.0 - student_mass, 1.1754943508222875e-38)
-        ghost_log_t = tl.log(tl.where(ghost_t > 0, ghost_t, 1.0))
-        kd += ghost_t * ghost_log_t - ghost_t * tl.log(ghost_s)
-        a = total - ghost_t * student_mass / ghost_s
+        residual = 1.0 - total
+        ghost_t = tl.where(residual > ghost_floor, residual, 0.0)
+        log_ghost_s = mg + tl.log(dg) - lse  # log of the student's mass outside K
+        kd += tl.where(ghost_t > 0, ghost_t * (tl.log(tl.where(ghost_t > 0, ghost_t, 1.0)) - log_ghost_s), 0.0)
+        scale_s = 1.0
     loss = (1.0 - ce_weight) * kd
     label = tl.load(LABELS + row)
     if HAS_CE:
         x_label = tl.load(x_row + label).to(tl.float32)
         loss += ce_weight * (lse1 - x_label)
-    tl.store(LOSS + row, w * loss)
+    tl.store(LOSS + row, tl.where(keep, w * loss, 0.0))
 
     if WRITE_GRAD:
         # pass 2: the dense part of the gradient
         g_row = GRAD + row * stride_g
-        kd_scale = w * (1.0 - ce_weight) * inv_t
-        coef = kd_scale * a
+        kd_scale = tl.where(keep, w * (1.0 - ce_weight) * inv_t, 0.0)
+        ce_scale = tl.where(keep, w * ce_weight, 0.0)
+        coef = kd_scale * scale_s
         if HAS_CE and not SEPARATE_CE:
-            coef += w * ce_weight
+            coef += ce_scale
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
-            g = coef * tl.exp(x * inv_t - lse)
+            z = x * inv_t
+            g = coef * tl.exp(z - lse)
+            if GHOST:
+                in_k = tl.sum(((cols[:, None] == ids[None, :]) & valid[None, :]).to(tl.int32), 1) > 0
+                q = tl.where(in_k, 0.0, tl.exp(z - lse - log_ghost_s))
+                g -= kd_scale * ghost_t * q
             if SEPARATE_CE:
-                g += w * ce_weight * tl.exp(x - lse1)
+                g += ce_scale * tl.exp(x - lse1)
+            g = tl.where(keep, g, 0.0)
             tl.store(g_row + cols, g.to(GRAD.dtype.element_ty), mask=cols < V)
         tl.debug_barrier()
-        # the sparse part: corrections at the K entries (ids are unique within a row)
-        correction = -t
-        if GHOST:
-            correction += s_k * (1.0 - a)
+        # the sparse part: -t at the K entries (ids are unique within a row: no two lanes collide)
         g_k = tl.load(g_row + safe, mask=valid, other=0.0).to(tl.float32)
-        tl.store(g_row + safe, (g_k + kd_scale * correction).to(GRAD.dtype.element_ty), mask=valid)
+        tl.store(g_row + safe, (g_k - kd_scale * t).to(GRAD.dtype.element_ty), mask=valid)
         if HAS_CE:
             tl.debug_barrier()
             g_label = tl.load(g_row + label).to(tl.float32)
-            tl.store(g_row + label, (g_label - w * ce_weight).to(GRAD.dtype.element_ty))
+            tl.store(g_row + label, (g_label - ce_scale).to(GRAD.dtype.element_ty))
 
 
 def _triton_compute(
@@ -141,7 +160,7 @@ def _triton_compute(
     probs = prepared.probs.contiguous()
     k = ids.shape[1]
     rows = torch.empty(n, dtype=torch.float32, device=logits.device)
-    grad = torch.empty_like(logits) if need_grad else None
+    grad = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device) if need_grad else None
     if n == 0:
         return rows, grad
     has_ce = params.ce_weight > 0
@@ -160,11 +179,12 @@ def _triton_compute(
         k,
         1.0 / params.temperature,
         params.ce_weight,
+        GHOST_FLOOR,
         GHOST=params.ghost,
         HAS_CE=has_ce,
         SEPARATE_CE=has_ce and params.temperature != 1.0,
         WRITE_GRAD=grad is not None,
-        BLOCK_V=min(4096, triton.next_power_of_2(vocab)),
+        BLOCK_V=min(1024 if params.ghost else 4096, triton.next_power_of_2(vocab)),
         BLOCK_K=max(2, triton.next_power_of_2(k)),
     )
     return rows, grad
@@ -172,5 +192,8 @@ def _triton_compute(
 
 def triton_rows(logits: Tensor, prepared: PreparedTargets, params: KDParams) -> Tensor:
     """Per-position weighted losses ``[N]`` with the Triton kernel."""
-    rows: Tensor = PrecomputedGradKD.apply(logits, prepared, params, _triton_compute)
-    return rows
+    if not (logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise ValueError(
+            f"impl: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter), got {logits.device}"
+        )
+    return run_rows(logits, prepared, params, _triton_compute)
