@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## the main job
-	$(BIN)/logitcache demo
+run: $(STAMP)  ## the main job: the cache server on loopback, data in ./logitcache-data
+	$(BIN)/logitcache serve
 
 test: lint typecheck pytest  ## everything CI runs
 
@@ -31,6 +31,11 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py
+	$(BIN)/python benchmarks/bench_kd_loss.py
+	$(BIN)/python benchmarks/bench_server.py
+
+proto: $(STAMP)  ## regenerate src/logitcache/proto/ from proto/ (tests fail while they are stale)
+	$(BIN)/python -m logitcache.proto.generate
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

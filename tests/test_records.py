@@ -549,3 +549,27 @@ def test_weights_travel_whatever_the_temperature_rounds_to() -> None:
     )
     with pytest.raises(ValueError, match="weights: expected shape"):
         records.encode(_input_ids(targets), bad)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("kind", ["sampled", "weighted", "topk"])
+def test_slice_positions_is_a_record_of_its_own(kind: str, dense: bool) -> None:
+    gen = torch.Generator().manual_seed(40)
+    logits = lm_like_logits(30, 4000, generator=gen)
+    if kind == "topk":
+        targets = sample_topk(logits, 6, top_p=0.9)
+    else:
+        targets = sample_random(logits, 40, generator=gen, temperature=0.85 if kind == "weighted" else 1.0)
+    data = records.encode(_input_ids(targets), targets, dense=dense)
+    full = records.decode(data)
+    window = records.decode(records.slice_positions(data, 7, 19))
+    lo, hi = full.offsets[7], full.offsets[19]
+    assert window.header.num_positions == 12
+    assert window.header.dense is dense
+    np.testing.assert_array_equal(window.input_ids, full.input_ids[7:19])
+    np.testing.assert_array_equal(window.token_ids, full.token_ids[lo:hi])
+    np.testing.assert_array_equal(window.values, full.values[lo:hi])  # exact: nothing re-quantised
+    np.testing.assert_array_equal(window.offsets, full.offsets[7:20] - lo)
+    assert window.header.input_hash == records.input_ids_hash(full.input_ids[7:19])
+    with pytest.raises(ValueError, match=r"window: expected 0 <= start < end <= T = 30, got \[5, 31\)"):
+        records.slice_positions(data, 5, 31)

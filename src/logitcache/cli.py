@@ -2,9 +2,10 @@
 
 Subcommands:
 
+* ``logitcache serve`` — the cache server (gRPC; see :mod:`logitcache.server`). Flags override
+  ``LOGITCACHE_*`` environment variables, which override the defaults (loopback, ``./logitcache-data``).
 * ``logitcache demo`` — an end-to-end run of the core on a random teacher: sample a batch of
-  sequences, pack each into a record, decode it back and print what it cost. It needs no server
-  and no GPU; it is the main job until the cache server exists.
+  sequences, pack each into a record, decode it back and print what it cost. No server, no GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -27,6 +29,16 @@ __all__ = ["main"]
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitcache", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the cache server")
+    serve.add_argument("--data-dir", type=Path, help="shard directory (default ./logitcache-data)")
+    serve.add_argument("--grpc", help="gRPC address host:port (default 127.0.0.1:50051)")
+    serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    serve.add_argument("--workers", type=int, help="gRPC worker threads (default 16)")
+    serve.add_argument("--auth-token", help="require 'authorization: Bearer <token>' on mutating calls")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (serve TLS)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--max-shard-bytes", type=int, help="a shard's size limit (default 1 TiB)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     demo = sub.add_parser("demo", help="sample + pack + decode records from a random teacher")
     demo.add_argument("--vocab-size", type=int, default=128256, help="teacher vocabulary size V")
     demo.add_argument("--seq-len", type=int, default=256, help="positions per sequence T")
@@ -76,8 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "demo":
             return _demo(args)
-    except ValueError as exc:  # bad arguments that only the core can judge
+    except ValueError as exc:  # bad arguments that only the core can judge (pydantic's errors included)
         parser.error(str(exc))
     return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from logitcache.server.runner import serve
+    from logitcache.server.settings import ServerSettings
+
+    fields = ServerSettings.model_fields
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return serve(ServerSettings(**overrides))

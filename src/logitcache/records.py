@@ -65,6 +65,7 @@ body length (truncated / trailing bytes), checksum, then the content: entry coun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ __all__ = [
     "encode",
     "input_ids_hash",
     "read_header",
+    "slice_positions",
 ]
 
 MAGIC = b"LGCR"
@@ -479,7 +481,7 @@ def encode(
         input_id_bytes=(id_bits + 7) // 8,
         count_bytes=_count_bytes(per_position),
         temperature=param if targets.kind == "sampled" else 1.0,
-        top_p=targets.top_p,
+        top_p=param if targets.kind == "topk" and param > 0 else None,
         weighted=weights is not None,
         dense=dense,
         body_len=0,
@@ -488,7 +490,7 @@ def encode(
     )
     # the decoder's own checks guard the encoder: nothing invalid is ever written
     _validate_content(header, ids_in, entry_counts, token_ids, values, weights)
-    return _assemble(header, ids_in, entry_counts, token_ids, values, weights, param, zstd_level)
+    return _assemble(header, ids_in, entry_counts, token_ids, values, weights, zstd_level)
 
 
 def _as_int64(values: npt.ArrayLike | Tensor, name: str) -> IntArray:
@@ -507,10 +509,10 @@ def _assemble(
     token_ids: IntArray,
     values: IntArray,
     weights: FloatArray | None,
-    param: float,
     zstd_level: int,
 ) -> bytes:
     h = header
+    param = h.temperature if h.kind == "sampled" else (h.top_p or 0.0)
     if h.dense:
         gaps = _delta_within_positions(token_ids, entry_counts) if h.kind == "sampled" else token_ids
         raw = b"".join(
@@ -641,6 +643,32 @@ def decode(data: bytes | bytearray | memoryview) -> Record:
         _ratio_decode(values, offsets, header.value_bits) if header.kind == "topk" else values
     )
     return Record(header, input_ids, token_ids, probs_or_counts, offsets, weights)
+
+
+def slice_positions(data: bytes | bytearray | memoryview, start: int, end: int, *, zstd_level: int = 3) -> bytes:
+    """The positions ``[start, end)`` of a record, as a valid record of its own (same layout).
+
+    Entries are copied as stored (top-k levels restart at every position), so nothing is
+    re-quantised. The header and checksum are verified; the content is trusted as written.
+    """
+    header = read_header(data)
+    if not 0 <= start < end <= header.num_positions:
+        raise ValueError(f"window: expected 0 <= start < end <= T = {header.num_positions}, got [{start}, {end})")
+    view = memoryview(data)[HEADER_SIZE:]
+    split = _split_dense if header.dense else _split_fixed
+    input_ids, entry_counts, token_ids, values, weights = split(header, view)
+    offsets = _check_entry_counts(header, entry_counts)
+    lo, hi = int(offsets[start]), int(offsets[end])
+    window = dataclasses.replace(header, num_positions=end - start, num_entries=hi - lo)
+    return _assemble(
+        window,
+        input_ids[start:end],
+        entry_counts[start:end],
+        token_ids[lo:hi],
+        values[lo:hi],
+        None if weights is None else weights[lo:hi],
+        zstd_level,
+    )
 
 
 Sections = tuple[IntArray, IntArray, IntArray, IntArray, FloatArray | None]

@@ -1,0 +1,81 @@
+"""Typed client errors: one exception class per gRPC status code the server answers with."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "AlreadyExistsError",
+    "CacheError",
+    "DataLossError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "from_rpc_error",
+]
+
+
+class CacheError(Exception):
+    """A call failed. ``code`` is the gRPC status code, ``details`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class InvalidArgumentError(CacheError, ValueError):
+    """A malformed record or request (the message names the field)."""
+
+
+class NotFoundError(CacheError, KeyError):
+    """Unknown shard or seq."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return f"{self.code.name}: {self.details}"
+
+
+class AlreadyExistsError(CacheError):
+    """The shard exists, or the seq is stored with different bytes (write with overwrite to replace)."""
+
+
+class FailedPreconditionError(CacheError):
+    """The shard is sealed, or the record disagrees with the shard's manifest."""
+
+
+class UnauthenticatedError(CacheError):
+    """A mutating call without the server's auth token."""
+
+
+class ResourceExhaustedError(CacheError):
+    """A message over the size limit, or a shard at its size limit."""
+
+
+class DataLossError(CacheError):
+    """A stored record failed its checksum."""
+
+
+class UnavailableError(CacheError):
+    """The server cannot be reached (retry later)."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[CacheError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> CacheError:
+    """The typed exception for a failed call."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return _BY_CODE.get(code, CacheError)(code, details or "")

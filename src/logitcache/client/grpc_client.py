@@ -1,0 +1,203 @@
+"""A thin synchronous client for the cache server (create / list / seal shards, write, read).
+
+Example::
+
+    with CacheClient("127.0.0.1:50051") as client:
+        client.create_shard(0, ShardManifest(vocab_size=128256, method="sampled", rounds=50))
+        summary = client.write(0, [(seq, record_bytes), ...])     # returns once all are acked
+        for seq, data in client.read(0, seqs=[3, 1, 2]):          # in request order
+            record = records.decode(data)
+
+Every failure is raised as a :class:`~logitcache.client.errors.CacheError` subclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from logitcache import wire
+from logitcache.client.errors import from_rpc_error
+from logitcache.manifest import ShardManifest
+from logitcache.proto.v1 import cache_pb2 as pb
+from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
+
+__all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    manifest: ShardManifest
+    sealed: bool
+    sequences: int
+    positions: int
+    record_bytes: int
+    disk_bytes: int
+    first_seq: int | None
+    last_seq: int | None
+
+    @classmethod
+    def from_proto(cls, message: pb.ShardInfo) -> ShardInfo:
+        return cls(
+            shard=message.shard,
+            manifest=wire.manifest_from_proto(message.manifest),
+            sealed=message.sealed,
+            sequences=message.sequences,
+            positions=message.positions,
+            record_bytes=message.record_bytes,
+            disk_bytes=message.disk_bytes,
+            first_seq=message.first_seq if message.has_sequences else None,
+            last_seq=message.last_seq if message.has_sequences else None,
+        )
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    batches: int
+    written: int
+    unchanged: int
+    positions: int
+
+
+class CacheClient:
+    """Synchronous client for one server. Thread-safe (gRPC channels are)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        auth_token: str | None = None,
+        tls_root_cert: Path | bytes | None = None,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = 64 << 20,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls_root_cert is not None:
+            root = tls_root_cert.read_bytes() if isinstance(tls_root_cert, Path) else tls_root_cert
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.LogitCacheStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self.address = address
+        self.timeout = timeout
+
+    def __enter__(self) -> CacheClient:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # ----------------------------------------------------------------- shards
+
+    def create_shard(self, shard: int, manifest: ShardManifest, *, exist_ok: bool = False) -> ShardInfo:
+        request = pb.CreateShardRequest(shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok)
+        return ShardInfo.from_proto(self._call(self._stub.CreateShard, request))
+
+    def get_shard(self, shard: int) -> ShardInfo:
+        return ShardInfo.from_proto(self._call(self._stub.GetShard, pb.GetShardRequest(shard=shard)))
+
+    def list_shards(self) -> list[ShardInfo]:
+        response = self._call(self._stub.ListShards, pb.ListShardsRequest())
+        return [ShardInfo.from_proto(s) for s in response.shards]
+
+    def seal_shard(self, shard: int) -> ShardInfo:
+        return ShardInfo.from_proto(self._call(self._stub.SealShard, pb.SealShardRequest(shard=shard)))
+
+    def stats(self) -> pb.StatsResponse:
+        response: pb.StatsResponse = self._call(self._stub.GetStats, pb.StatsRequest())
+        return response
+
+    # ----------------------------------------------------------------- data
+
+    def write(
+        self,
+        shard: int,
+        items: Iterable[tuple[int, bytes]],
+        *,
+        batch_records: int = 16,
+        overwrite: bool = False,
+    ) -> WriteSummary:
+        """Stream ``(seq, record)`` pairs in batches; return once every batch is durably acknowledged."""
+        batches = 0
+        written = unchanged = positions = 0
+        for ack in self.write_batches(shard, _batched(items, batch_records), overwrite=overwrite):
+            batches += 1
+            written += ack.written
+            unchanged += ack.unchanged
+            positions += ack.positions
+        return WriteSummary(batches, written, unchanged, positions)
+
+    def write_batches(
+        self, shard: int, batches: Iterable[list[tuple[int, bytes]]], *, overwrite: bool = False
+    ) -> Iterator[pb.WriteAck]:
+        """One ``Write`` stream; yields each batch's acknowledgement as it arrives (pipelined)."""
+        requests = (
+            pb.WriteRequest(
+                shard=shard,
+                batch_id=i,
+                overwrite=overwrite,
+                records=[pb.Record(seq=seq, data=data) for seq, data in batch],
+            )
+            for i, batch in enumerate(batches)
+        )
+        try:
+            yield from self._stub.Write(requests, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def read(
+        self,
+        shard: int,
+        *,
+        seqs: Iterable[int] | None = None,
+        ranges: Iterable[tuple[int, int]] | None = None,
+        window: tuple[int, int] | None = None,
+        max_message_bytes: int = 1 << 20,
+    ) -> Iterator[tuple[int, bytes]]:
+        """``(seq, record)`` for explicit ``seqs`` (in order) or for ``[start, end)`` ``ranges``."""
+        request = pb.ReadRequest(shard=shard, max_message_bytes=max_message_bytes)
+        if seqs is not None:
+            request.seqs.extend(seqs)
+        if ranges is not None:
+            request.ranges.extend(pb.SeqRange(start=a, end=b) for a, b in ranges)
+        if window is not None:
+            request.has_window = True
+            request.window_start, request.window_end = window
+        try:
+            for response in self._stub.Read(request, metadata=self._metadata):
+                for record in response.records:
+                    yield record.seq, record.data
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+
+def _batched(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    if size < 1:
+        raise ValueError(f"batch_records: expected >= 1, got {size}")
+    batch: list[tuple[int, bytes]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

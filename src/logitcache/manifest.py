@@ -1,0 +1,120 @@
+"""A shard's manifest: what every record stored in the shard must agree with.
+
+Fixed when the shard is created; the server refuses a record whose header disagrees (vocabulary,
+method and its parameters, sequence length). The teacher name and tokenizer fingerprint are
+what a training job checks before trusting the shard's input ids (paper D.3: teacher and
+student must see exactly the same token sequences).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from logitcache.records import RecordHeader
+from logitcache.sampling import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
+
+__all__ = ["ManifestMismatchError", "ShardManifest"]
+
+
+class ManifestMismatchError(ValueError):
+    """A record disagrees with its shard's manifest. ``field`` names what differs."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """Validated on construction (``ValueError`` naming the field)."""
+
+    vocab_size: int  # V
+    method: TargetKind  # "sampled" | "topk"
+    rounds: int = 0  # sampled: N draws per position
+    temperature: float = 1.0  # sampled: proposal temperature t
+    k: int = 0  # top-k: entries per position
+    top_p: float | None = None  # top-k: top-p truncation
+    seq_len: int = 0  # positions per record; 0 = any
+    teacher: str = ""  # teacher model name or path
+    tokenizer_fingerprint: str = ""  # identifies the tokenizer of the input ids
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size: expected 2 <= V <= {MAX_VOCAB_SIZE}, got {self.vocab_size}")
+        if self.method not in ("sampled", "topk"):
+            raise ValueError(f"method: expected 'sampled' or 'topk', got {self.method!r}")
+        if self.method == "sampled":
+            if not 1 <= self.rounds <= MAX_ROUNDS:
+                raise ValueError(f"rounds: expected 1 <= N <= {MAX_ROUNDS} for a sampled shard, got {self.rounds}")
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
+                raise ValueError(f"temperature: expected a finite value > 0, got {self.temperature}")
+        else:
+            if not 1 <= self.k <= min(self.vocab_size, MAX_ROUNDS):
+                raise ValueError(f"k: expected 1 <= k <= {min(self.vocab_size, MAX_ROUNDS)}, got {self.k}")
+            if self.top_p is not None and not 0 < self.top_p <= 1:
+                raise ValueError(f"top_p: expected 0 < top_p <= 1, got {self.top_p}")
+        if self.seq_len < 0:
+            raise ValueError(f"seq_len: expected >= 0, got {self.seq_len}")
+        for name in ("teacher", "tokenizer_fingerprint"):
+            if len(getattr(self, name)) > 1024:
+                raise ValueError(f"{name}: expected at most 1024 characters")
+
+    @classmethod
+    def for_sampler(
+        cls,
+        config: SamplerConfig,
+        vocab_size: int,
+        *,
+        seq_len: int = 0,
+        teacher: str = "",
+        tokenizer_fingerprint: str = "",
+    ) -> ShardManifest:
+        """The manifest for records that ``config`` produces."""
+        topk = config.method == "topk"
+        return cls(
+            vocab_size=vocab_size,
+            method="topk" if topk else "sampled",
+            rounds=0 if topk else config.rounds,
+            temperature=1.0 if topk else config.temperature,
+            k=config.k if topk else 0,
+            top_p=config.top_p if topk else None,
+            seq_len=seq_len,
+            teacher=teacher,
+            tokenizer_fingerprint=tokenizer_fingerprint,
+        )
+
+    def check(self, header: RecordHeader) -> None:
+        """Raise :class:`ManifestMismatchError` if a record's header disagrees with the manifest."""
+        expected: list[tuple[str, object, object]] = [
+            ("method", self.method, header.kind),
+            ("vocab_size", self.vocab_size, header.vocab_size),
+        ]
+        if self.method == "sampled":
+            expected += [
+                ("rounds", self.rounds, header.rounds),
+                ("temperature", _f32(self.temperature), _f32(header.temperature)),
+            ]
+        else:
+            top_p = None if self.top_p is None or self.top_p >= 1 else _f32(self.top_p)
+            got_top_p = None if header.top_p is None or header.top_p >= 1 else _f32(header.top_p)
+            expected += [("k", self.k, header.k), ("top_p", top_p, got_top_p)]
+        if self.seq_len:
+            expected.append(("seq_len", self.seq_len, header.num_positions))
+        for field, want, got in expected:
+            if want != got:
+                raise ManifestMismatchError(field, f"the shard's manifest says {want!r}, the record has {got!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ShardManifest:
+        return cls(**json.loads(text))

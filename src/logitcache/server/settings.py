@@ -1,0 +1,43 @@
+"""Server configuration: command-line flags over ``LOGITCACHE_*`` environment variables over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServerSettings"]
+
+
+class ServerSettings(BaseSettings):
+    """Every field can be set as ``LOGITCACHE_<FIELD>`` (for example ``LOGITCACHE_AUTH_TOKEN``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOGITCACHE_", extra="forbid")
+
+    data_dir: Path = Field(Path("logitcache-data"), description="where the shards live (created if missing)")
+    grpc: str = Field("127.0.0.1:50051", description="gRPC listen address host:port (port 0 = any free port)")
+    max_message_bytes: int = Field(64 << 20, ge=1 << 20, description="largest gRPC message accepted or sent")
+    workers: int = Field(16, ge=1, le=1024, description="gRPC worker threads (concurrent RPCs)")
+    auth_token: SecretStr | None = Field(None, description="if set, mutating calls need 'Bearer <token>'")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    initial_map_bytes: int = Field(64 << 20, ge=1 << 20, description="a new shard's LMDB map size")
+    max_shard_bytes: int = Field(1 << 40, ge=1 << 20, description="a shard's map never grows past this")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight calls get on SIGTERM")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("grpc")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return value.upper()

@@ -1,0 +1,48 @@
+"""Conversions between the project's dataclasses and the v1 protobuf messages (server and client share them)."""
+
+from __future__ import annotations
+
+from logitcache.manifest import ShardManifest
+from logitcache.proto.v1 import cache_pb2 as pb
+from logitcache.sampling import TargetKind
+
+__all__ = ["manifest_from_proto", "manifest_to_proto"]
+
+_METHODS = {"sampled": pb.METHOD_SAMPLED, "topk": pb.METHOD_TOPK}
+
+
+def manifest_to_proto(manifest: ShardManifest) -> pb.Manifest:
+    return pb.Manifest(
+        vocab_size=manifest.vocab_size,
+        method=_METHODS[manifest.method],
+        rounds=manifest.rounds,
+        temperature=manifest.temperature,
+        k=manifest.k,
+        top_p=manifest.top_p or 0.0,
+        seq_len=manifest.seq_len,
+        teacher=manifest.teacher,
+        tokenizer_fingerprint=manifest.tokenizer_fingerprint,
+    )
+
+
+def manifest_from_proto(message: pb.Manifest) -> ShardManifest:
+    """Raises ``ValueError`` naming the field for an invalid manifest."""
+    method: TargetKind
+    if message.method == pb.METHOD_SAMPLED:
+        method = "sampled"
+    elif message.method == pb.METHOD_TOPK:
+        method = "topk"
+    else:
+        raise ValueError(f"method: expected METHOD_SAMPLED or METHOD_TOPK, got {message.method}")
+    sampled = method == "sampled"
+    return ShardManifest(
+        vocab_size=message.vocab_size,
+        method=method,
+        rounds=message.rounds if sampled else 0,
+        temperature=(message.temperature or 1.0) if sampled else 1.0,
+        k=0 if sampled else message.k,
+        top_p=None if sampled or message.top_p == 0 else message.top_p,
+        seq_len=message.seq_len,
+        teacher=message.teacher,
+        tokenizer_fingerprint=message.tokenizer_fingerprint,
+    )

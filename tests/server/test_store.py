@@ -1,0 +1,226 @@
+"""The LMDB store, used directly (real LMDB in a temporary directory)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from logitcache import records
+from logitcache.manifest import ShardManifest
+from logitcache.server.store import (
+    CorruptRecordError,
+    InvalidRequestError,
+    ManifestError,
+    RecordConflictError,
+    SeqNotFoundError,
+    ShardExistsError,
+    ShardNotFoundError,
+    ShardSealedError,
+    Store,
+    StoreFullError,
+)
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records
+
+
+def _store(path: Path, **kwargs: int) -> Store:
+    return Store(path, **kwargs)
+
+
+def test_round_trip_and_reopen(tmp_path: Path) -> None:
+    items = make_records(10)
+    store = _store(tmp_path)
+    shard = store.create_shard(7, MANIFEST)
+    result = shard.write_batch(items)
+    assert (result.written, result.unchanged, result.positions) == (10, 0, 10 * SEQ_LEN)
+    store.close()
+    reopened = _store(tmp_path)
+    shard = reopened.get(7)
+    assert shard.manifest == MANIFEST
+    assert [seq for seq, _ in reopened.shards()[0].seqs_page(0, 100)] == list(range(10))
+    got = [pair for chunk in shard.read_seqs([3, 0, 9]) for pair in chunk]
+    assert got == [items[3], items[0], items[9]]
+    stats = shard.stats()
+    assert (stats.sequences, stats.positions, stats.first_seq, stats.last_seq) == (10, 10 * SEQ_LEN, 0, 9)
+    assert stats.record_bytes == sum(len(d) for _, d in items)
+    reopened.close()
+
+
+def test_ranges_chunks_and_missing(tmp_path: Path) -> None:
+    items = make_records(12)
+    store = _store(tmp_path)
+    shard = store.create_shard(0, MANIFEST)
+    shard.write_batch([items[i] for i in range(12) if i != 5])
+    chunks = list(shard.read_range(2, 9, chunk_bytes=1))  # one record per chunk
+    assert [c[0][0] for c in chunks] == [2, 3, 4, 6, 7, 8]
+    assert list(shard.read_range(100, 200)) == []
+    with pytest.raises(SeqNotFoundError, match="seq 5 is not in shard 0"):
+        list(shard.read_seqs([4, 5]))
+    with pytest.raises(SeqNotFoundError):
+        shard.get(5)
+    store.close()
+
+
+def test_idempotent_retry_conflict_and_overwrite(tmp_path: Path) -> None:
+    items = make_records(4)
+    other = make_records(4, seed=1)
+    store = _store(tmp_path)
+    shard = store.create_shard(1, MANIFEST)
+    shard.write_batch(items)
+    retry = shard.write_batch(items)
+    assert (retry.written, retry.unchanged) == (0, 4)
+    with pytest.raises(RecordConflictError, match="seq 2 of shard 1 is stored with different bytes"):
+        shard.write_batch([items[0], other[2]])
+    assert shard.get(2) == items[2][1]
+    replaced = shard.write_batch([other[2]], overwrite=True)
+    assert replaced.written == 1
+    assert shard.get(2) == other[2][1]
+    stats = shard.stats()
+    assert stats.record_bytes == sum(len(d) for _, d in items) - len(items[2][1]) + len(other[2][1])
+    assert stats.positions == 4 * SEQ_LEN
+    store.close()
+
+
+def test_a_bad_record_rejects_the_whole_batch(tmp_path: Path) -> None:
+    items = make_records(5)
+    store = _store(tmp_path)
+    shard = store.create_shard(2, MANIFEST)
+    broken = bytearray(items[3][1])
+    broken[-1] ^= 1
+    with pytest.raises(InvalidRequestError, match="record for seq 3 is malformed: checksum"):
+        shard.write_batch([items[0], items[1], (3, bytes(broken))])
+    with pytest.raises(InvalidRequestError, match="appears twice"):
+        shard.write_batch([items[0], items[0]])
+    assert shard.stats().sequences == 0
+    store.close()
+
+
+def test_records_must_match_the_manifest(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    shard = store.create_shard(3, MANIFEST)
+    with pytest.raises(ManifestError, match="method: the shard's manifest says 'sampled'"):
+        shard.write_batch(make_records(1, topk=True))
+    strict = store.create_shard(4, ShardManifest(vocab_size=VOCAB, method="sampled", rounds=50))
+    with pytest.raises(ManifestError, match="rounds: the shard's manifest says 50, the record has 20"):
+        strict.write_batch(make_records(1))
+    longer = store.create_shard(5, ShardManifest(vocab_size=VOCAB, method="sampled", rounds=20, seq_len=64))
+    with pytest.raises(ManifestError, match="seq_len"):
+        longer.write_batch(make_records(1))
+    topk = store.create_shard(6, TOPK_MANIFEST)
+    assert topk.write_batch(make_records(2, topk=True)).written == 2
+    store.close()
+
+
+def test_shard_lifecycle_errors(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create_shard(8, MANIFEST)
+    with pytest.raises(ShardExistsError):
+        store.create_shard(8, MANIFEST)
+    assert store.create_shard(8, MANIFEST, exist_ok=True).shard_id == 8
+    with pytest.raises(ManifestError, match="different manifest"):
+        store.create_shard(8, TOPK_MANIFEST, exist_ok=True)
+    with pytest.raises(ShardNotFoundError, match="shard 9 does not exist"):
+        store.get(9)
+    with pytest.raises(InvalidRequestError, match="shard: expected 0 <= shard < 2\\*\\*32"):
+        store.get(2**32)
+    shard = store.get(8)
+    shard.write_batch(make_records(1))
+    shard.seal()
+    assert shard.sealed
+    with pytest.raises(ShardSealedError, match="shard 8 is sealed"):
+        shard.write_batch(make_records(1, start=1))
+    store.close()
+    assert _store(tmp_path).get(8).sealed
+
+
+def test_the_map_grows_on_demand_up_to_the_limit(tmp_path: Path) -> None:
+    items = make_records(60)  # ~1.5 KB each with the small vocabulary: use many
+    big = [(seq, data) for seq, data in items]
+    store = _store(tmp_path, initial_map_size=1 << 20, max_map_size=1 << 20)
+    shard = store.create_shard(0, MANIFEST)
+    written = 0
+
+    def fill() -> None:
+        nonlocal written
+        for round_ in range(1000):
+            batch = [(seq + round_ * 1000, data) for seq, data in big]
+            shard.write_batch(batch)
+            written += len(batch)
+
+    with pytest.raises(StoreFullError, match="reached the limit of 1048576 bytes"):
+        fill()
+    assert shard.stats().sequences == written  # the failed batch left nothing behind
+    store.close()
+    growing = _store(tmp_path / "g", initial_map_size=1 << 20, max_map_size=64 << 20)
+    shard = growing.create_shard(0, MANIFEST)
+    for round_ in range(40):
+        shard.write_batch([(seq + round_ * 1000, data) for seq, data in big])
+    stats = shard.stats()
+    assert stats.map_size > 1 << 20
+    assert stats.sequences == 40 * 60
+    growing.close()
+
+
+def test_corruption_on_disk_is_data_loss(tmp_path: Path) -> None:
+    items = make_records(3)
+    store = _store(tmp_path)
+    store.create_shard(0, MANIFEST).write_batch(items)
+    store.close()
+    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
+    db = env.open_db(b"records")
+    with env.begin(write=True, db=db) as txn:
+        corrupted = bytearray(items[1][1])
+        corrupted[100] ^= 0xFF
+        txn.put((1).to_bytes(8, "big"), bytes(corrupted))
+    env.close()
+    store = _store(tmp_path)
+    with pytest.raises(CorruptRecordError, match="seq 1 of shard 0 is corrupted on disk: checksum"):
+        store.get(0).get(1)
+    assert store.get(0).get(0) == items[0][1]
+    store.close()
+
+
+def test_interrupted_creation_is_cleaned_up(tmp_path: Path) -> None:
+    (tmp_path / "shards" / f"{5:010d}.creating").mkdir(parents=True)
+    (tmp_path / "shards" / "not-a-shard").mkdir()
+    store = _store(tmp_path)
+    assert store.shards() == []
+    assert not (tmp_path / "shards" / f"{5:010d}.creating").exists()
+    store.close()
+
+
+def test_readers_run_while_writers_write(tmp_path: Path) -> None:
+    items = make_records(40)
+    store = _store(tmp_path, initial_map_size=1 << 20)
+    shard = store.create_shard(0, MANIFEST)
+    shard.write_batch(items[:10])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                seen = [pair for chunk in shard.read_range(0, 1000) for pair in chunk]
+                assert [s for s, _ in seen] == list(range(len(seen)))  # a prefix, never a gap
+                for seq, data in seen:
+                    assert data == items[seq][1]
+                    records.decode(data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for start in range(10, 40, 5):
+        shard.write_batch(items[start : start + 5])
+    # grow the map while the readers read
+    for round_ in range(1, 30):
+        shard.write_batch([(seq + round_ * 1000, data) for seq, data in items])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert shard.stats().map_size > 1 << 20
+    store.close()
