@@ -32,6 +32,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the cache server")
     serve.add_argument("--data-dir", type=Path, help="shard directory (default ./logitcache-data)")
     serve.add_argument("--grpc", help="gRPC address host:port (default 127.0.0.1:50051)")
+    serve.add_argument("--http", help="REST API and viewer address host:port, or 'off' (default 127.0.0.1:8080)")
+    serve.add_argument("--tokenizer", type=Path, help="a Hugging Face tokenizer.json: REST shows token strings")
+    serve.add_argument(
+        "--http-reads-need-token", action="store_true", default=None, help="REST reads need the auth token too"
+    )
     serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads (default 16)")
     serve.add_argument("--auth-token", help="require 'authorization: Bearer <token>' on mutating calls")

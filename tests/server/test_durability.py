@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
-
-import pytest
 
 from logitcache import records
-from logitcache.client import CacheClient, CacheError
+from logitcache.client import CacheError
 from tests.server.helpers import MANIFEST, make_records
-
-
-class ServerProcess:
-    """`python -m logitcache serve` on a free port; the port is read from its log."""
-
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "logitcache", "serve", "--grpc", "127.0.0.1:0", *extra]
-        full_env = {**os.environ, **(env or {})}
-        if "LOGITCACHE_DATA_DIR" not in full_env:
-            args += ["--data-dir", str(data_dir)]
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=full_env)
-        self.log: list[str] = []
-        self.port = self._wait_for_port()
-        self._drain = threading.Thread(target=self._read_rest, daemon=True)
-        self._drain.start()
-
-    def _wait_for_port(self) -> int:
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"server exited early: {''.join(self.log)}")
-            self.log.append(line)
-            found = re.search(r"serving grpc://[\d.]+:(\d+)", line)
-            if found:
-                return int(found.group(1))
-        raise RuntimeError("server did not report its port in time")
-
-    def _read_rest(self) -> None:
-        stream: IO[str] | None = self.proc.stderr
-        assert stream is not None
-        for line in stream:
-            self.log.append(line)
-
-    def client(self) -> CacheClient:
-        return CacheClient(f"127.0.0.1:{self.port}", timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServerProcess]]:
-    servers: list[ServerProcess] = []
-    yield servers
-    for server in servers:
-        server.stop()
+from tests.server.process import ServerProcess
 
 
 def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path, started: list[ServerProcess]) -> None:

@@ -115,6 +115,7 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
                 items = [(r.seq, r.data) for r in request.records]
                 result = shard.write_batch(items, overwrite=request.overwrite)
                 self.stats.wrote(result.written, result.written_positions, result.written_bytes)
+                self.stats.write_ack_seconds.observe(time.perf_counter() - started)
                 log.debug(
                     "shard %d batch %d: %d written, %d unchanged, %.1f ms",
                     request.shard,
@@ -148,12 +149,16 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
                 chunks = shard.read_seqs(request.seqs, target)
             else:
                 chunks = self._ranges(shard.read_range, request.ranges, target)
+            started = time.perf_counter()
             for chunk in chunks:
                 if window is not None:
                     chunk = [(seq, self._window(seq, data, window)) for seq, data in chunk]
                 positions = sum(records.read_header(data).num_positions for _, data in chunk)
                 self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
-                yield pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
+                response = pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
+                self.stats.read_batch_seconds.observe(time.perf_counter() - started)
+                yield response
+                started = time.perf_counter()
         except Exception as exc:
             self._fail(context, exc)
 
@@ -240,12 +245,21 @@ class RunningServer:
         self.store.close()
 
 
-def create_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
+def shard_sizes(store: Store) -> list[tuple[int, int, int, int]]:
+    """``(shard, sequences, positions, disk_bytes)`` of every shard, for the metrics."""
+    return [(s.shard, s.sequences, s.positions, s.disk_bytes) for s in (shard.stats() for shard in store.shards())]
+
+
+def create_server(
+    settings: ServerSettings, store: Store | None = None, stats: ServerStats | None = None
+) -> RunningServer:
     """Build the server (not started) bound to ``settings.grpc``; ``port`` is the bound port."""
-    stats = ServerStats()
     store = store or Store(
         settings.data_dir, initial_map_size=settings.initial_map_bytes, max_map_size=settings.max_shard_bytes
     )
+    if stats is None:
+        stats = ServerStats()
+        stats.attach(lambda: shard_sizes(store))
     interceptors = []
     if settings.auth_token is not None:
         interceptors.append(_AuthInterceptor(settings.auth_token.get_secret_value(), stats))

@@ -17,6 +17,9 @@ class ServerSettings(BaseSettings):
 
     data_dir: Path = Field(Path("logitcache-data"), description="where the shards live (created if missing)")
     grpc: str = Field("127.0.0.1:50051", description="gRPC listen address host:port (port 0 = any free port)")
+    http: str = Field("127.0.0.1:8080", description="REST API and viewer address host:port; 'off' disables it")
+    tokenizer: Path | None = Field(None, description="a Hugging Face tokenizer.json: REST shows token strings")
+    http_reads_need_token: bool = Field(False, description="REST read endpoints need the auth token too")
     max_message_bytes: int = Field(64 << 20, ge=1 << 20, description="largest gRPC message accepted or sent")
     workers: int = Field(16, ge=1, le=1024, description="gRPC worker threads (concurrent RPCs)")
     auth_token: SecretStr | None = Field(None, description="if set, mutating calls need 'Bearer <token>'")
@@ -27,9 +30,11 @@ class ServerSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight calls get on SIGTERM")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    @field_validator("grpc")
+    @field_validator("grpc", "http")
     @classmethod
     def _address(cls, value: str) -> str:
+        if value == "off":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected host:port, got {value!r}")

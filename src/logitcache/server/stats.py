@@ -1,12 +1,25 @@
-"""Server-wide counters (thread-safe): what was written and read, and errors by status code."""
+"""Server-wide counters and latency histograms, shared by the gRPC service and the REST app.
+
+:class:`ServerStats` keeps plain totals (what ``GetStats`` answers) and, in a registry of its own
+(several servers may live in one process, as in the tests), Prometheus histograms of the
+write-acknowledgement and read-batch latencies. :meth:`ServerStats.collector` exposes the totals,
+the errors by status code and per-shard sizes in the Prometheus text format for ``/metrics``.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["ServerStats"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServerStats:
@@ -20,6 +33,19 @@ class ServerStats:
         self.positions_read = 0
         self.bytes_read = 0
         self.errors: Counter[str] = Counter()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.write_ack_seconds = Histogram(
+            "logitcache_write_ack_seconds",
+            "Time from receiving a write batch to acknowledging it (validation + durable commit)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.read_batch_seconds = Histogram(
+            "logitcache_read_batch_seconds",
+            "Time to fetch, verify and frame one Read response message",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def wrote(self, records: int, positions: int, nbytes: int) -> None:
         with self._lock:
@@ -39,3 +65,40 @@ class ServerStats:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
+
+    def attach(self, shard_sizes: Callable[[], list[tuple[int, int, int, int]]]) -> None:
+        """Register the totals collector; ``shard_sizes()`` gives ``(shard, sequences, positions, disk_bytes)``."""
+        self.registry.register(_TotalsCollector(self, shard_sizes))
+
+
+class _TotalsCollector(Collector):
+    def __init__(self, stats: ServerStats, shard_sizes: Callable[[], list[tuple[int, int, int, int]]]) -> None:
+        self._stats = stats
+        self._shard_sizes = shard_sizes
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self._stats
+        with s._lock:
+            totals = [
+                ("records_written", "Records stored", s.records_written),
+                ("positions_written", "Positions in the records stored", s.positions_written),
+                ("bytes_written", "Bytes of the records stored", s.bytes_written),
+                ("records_read", "Records served", s.records_read),
+                ("positions_read", "Positions in the records served", s.positions_read),
+                ("bytes_read", "Bytes of the records served", s.bytes_read),
+            ]
+            errors = dict(s.errors)
+        for name, doc, value in totals:
+            yield CounterMetricFamily(f"logitcache_{name}", doc, value=value)
+        by_code = CounterMetricFamily("logitcache_errors", "Failed calls by status code", labels=["code"])
+        for code, count in sorted(errors.items()):
+            by_code.add_metric([code], count)
+        yield by_code
+        sequences = GaugeMetricFamily("logitcache_shard_sequences", "Records in a shard", labels=["shard"])
+        positions = GaugeMetricFamily("logitcache_shard_positions", "Positions in a shard", labels=["shard"])
+        disk = GaugeMetricFamily("logitcache_shard_disk_bytes", "A shard's size on disk", labels=["shard"])
+        for shard, seqs, pos, nbytes in self._shard_sizes():
+            sequences.add_metric([str(shard)], seqs)
+            positions.add_metric([str(shard)], pos)
+            disk.add_metric([str(shard)], nbytes)
+        yield from (sequences, positions, disk)

@@ -439,6 +439,21 @@ class Shard:
                 found = cursor.next()
         return out
 
+    def gaps(self, limit: int) -> tuple[int, list[tuple[int, int]]]:
+        """Seqs missing between the first and the last stored: ``(count, up to limit [start, end) ranges)``."""
+        missing = 0
+        ranges: list[tuple[int, int]] = []
+        previous: int | None = None
+        with self._gate.shared(), self._env.begin(db=self._records) as txn:
+            for key in txn.cursor().iternext(keys=True, values=False):
+                seq = _KEY.unpack(key)[0]
+                if previous is not None and seq > previous + 1:
+                    missing += seq - previous - 1
+                    if len(ranges) < limit:
+                        ranges.append((previous + 1, seq))
+                previous = seq
+        return missing, ranges
+
     def stats(self) -> ShardStats:
         with self._gate.shared(), self._env.begin() as txn:
             entries = txn.stat(self._records)["entries"]

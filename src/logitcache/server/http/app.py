@@ -1,0 +1,67 @@
+"""The REST application: :func:`create_app` over the same store the gRPC service uses.
+
+Reads go through the store's short read transactions, so they never block writers. Errors are
+JSON ``{"detail": ...}``: 404 for an unknown shard / seq / position, 422 for malformed path or
+query parameters (FastAPI's validation), 401 for a mutating call without the token, 500 with a
+``DATA_LOSS`` message for a record that fails its checksum (counted in the metrics; the server
+keeps serving). The web viewer (``static/``: plain HTML + JS, no build step, no CDN) is at ``/``;
+FastAPI's own docs are at ``/docs`` and the schema at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from logitcache import __version__
+from logitcache.server.http.routes import ops, shards
+from logitcache.server.stats import ServerStats
+from logitcache.server.store import Store
+
+__all__ = ["create_app", "load_tokenizer"]
+
+STATIC = Path(__file__).parent / "static"
+
+
+def load_tokenizer(path: Path | None) -> Any:
+    """A Hugging Face ``tokenizers.Tokenizer`` from a ``tokenizer.json``, or None."""
+    if path is None:
+        return None
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise ValueError(f"tokenizer: expected a tokenizer.json file, got {path}")
+    return Tokenizer.from_file(str(path))
+
+
+def create_app(
+    store: Store,
+    stats: ServerStats,
+    *,
+    auth_token: str | None = None,
+    reads_need_token: bool = False,
+    tokenizer: Any = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="logitcache",
+        version=__version__,
+        summary="Inspect the sparse teacher distributions a logitcache server stores.",
+    )
+    app.state.store = store
+    app.state.stats = stats
+    app.state.auth_token = auth_token
+    app.state.reads_need_token = reads_need_token
+    app.state.tokenizer = tokenizer
+    app.include_router(ops)
+    app.include_router(shards)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def viewer() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app

@@ -1,0 +1,248 @@
+"""The REST endpoints: health and readiness, metrics, shards, sequences, positions, statistics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from logitcache import records
+from logitcache.server import inspect
+from logitcache.server.http import schemas
+from logitcache.server.http.deps import (
+    ShardId,
+    get_shard,
+    get_stats,
+    get_store,
+    get_tokenizer,
+    require_read_access,
+    require_token,
+)
+from logitcache.server.stats import ServerStats
+from logitcache.server.store import CorruptRecordError, SeqNotFoundError, Shard, ShardStats, Store
+
+__all__ = ["ops", "shards"]
+
+ops = APIRouter(tags=["operations"])
+shards = APIRouter(prefix="/v1/shards", tags=["shards"], dependencies=[Depends(require_read_access)])
+
+SeqId = Annotated[int, Path(ge=0, le=2**64 - 1, description="sequence number within the shard")]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": schemas.ErrorBody}}
+MAX_GAPS = 100
+
+
+@ops.get("/healthz", summary="Liveness")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", summary="Readiness: the store is open and writable", responses={503: {"model": schemas.ErrorBody}})
+def readyz(store: Annotated[Store, Depends(get_store)]) -> dict[str, str]:
+    if not store.writable():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"data directory {store.data_dir} is not writable")
+    return {"status": "ready"}
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(stats: Annotated[ServerStats, Depends(get_stats)]) -> Response:
+    return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _summary(s: ShardStats) -> dict[str, Any]:
+    m = s.manifest
+    return {
+        "shard": s.shard,
+        "manifest": {
+            "vocab_size": m.vocab_size,
+            "method": m.method,
+            "rounds": m.rounds,
+            "temperature": m.temperature,
+            "k": m.k,
+            "top_p": m.top_p,
+            "seq_len": m.seq_len,
+            "teacher": m.teacher,
+            "tokenizer_fingerprint": m.tokenizer_fingerprint,
+        },
+        "sealed": s.sealed,
+        "sequences": s.sequences,
+        "positions": s.positions,
+        "record_bytes": s.record_bytes,
+        "disk_bytes": s.disk_bytes,
+        "bytes_per_position": round(s.record_bytes / s.positions, 3) if s.positions else 0.0,
+        "first_seq": s.first_seq,
+        "last_seq": s.last_seq,
+    }
+
+
+@shards.get("", summary="All shards", response_model=list[schemas.ShardSummary])
+def list_shards(store: Annotated[Store, Depends(get_store)]) -> list[dict[str, Any]]:
+    return [_summary(shard.stats()) for shard in store.shards()]
+
+
+@shards.get(
+    "/{shard}", summary="One shard, with its completeness", response_model=schemas.ShardDetail, responses=NOT_FOUND
+)
+def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[str, Any]:
+    stats = found.stats()
+    missing, gaps = found.gaps(MAX_GAPS)
+    return {**_summary(stats), "missing": missing, "gaps": gaps, "complete": missing == 0}
+
+
+@shards.post(
+    "/{shard}/seal",
+    summary="Seal a shard: no more writes",
+    response_model=schemas.ShardSummary,
+    responses={**NOT_FOUND, 401: {"model": schemas.ErrorBody}},
+    dependencies=[Depends(require_token)],
+)
+def seal(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[str, Any]:
+    found.seal()
+    return _summary(found.stats())
+
+
+@shards.get("/{shard}/sequences", summary="A page of seqs", response_model=schemas.SequencePage, responses=NOT_FOUND)
+def sequences(
+    shard: ShardId,
+    found: Annotated[Shard, Depends(get_shard)],
+    start: Annotated[int, Query(ge=0, le=2**64 - 1, description="first seq of the page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="seqs per page")] = 50,
+) -> dict[str, Any]:
+    page = found.seqs_page(start, limit + 1)
+    more = len(page) > limit
+    return {
+        "shard": shard,
+        "sequences": [{"seq": s, "positions": p} for s, p in page[:limit]],
+        "next_start": page[limit][0] if more else None,
+    }
+
+
+def _record(found: Shard, seq: int, stats: ServerStats) -> records.Record:
+    try:
+        data = found.get(seq)
+        record = records.decode(data)
+    except SeqNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except (CorruptRecordError, records.RecordError) as exc:
+        stats.error("DATA_LOSS")
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, f"DATA_LOSS: seq {seq} of shard {found.shard_id}: {exc}"
+        ) from exc
+    stats.read(1, record.header.num_positions, len(data))
+    return record
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> list[str] | None:
+    if tokenizer is None:
+        return None
+    return [tokenizer.decode([i]) for i in ids]
+
+
+@shards.get(
+    "/{shard}/sequences/{seq}",
+    summary="A sequence: input ids and per-position summaries",
+    response_model=schemas.SequenceDetail,
+    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+)
+def sequence(
+    shard: ShardId,
+    seq: SeqId,
+    found: Annotated[Shard, Depends(get_shard)],
+    stats: Annotated[ServerStats, Depends(get_stats)],
+    tokenizer: Annotated[Any, Depends(get_tokenizer)],
+) -> dict[str, Any]:
+    record = _record(found, seq, stats)
+    s = inspect.summarize(record)
+    input_ids = record.input_ids.tolist()
+    decoded = _decode(tokenizer, input_ids)
+    tokens: list[str | None] = list(decoded) if decoded is not None else [None] * len(input_ids)
+    return {
+        "shard": shard,
+        "seq": seq,
+        "method": record.header.kind,
+        "positions": [
+            {
+                "pos": pos,
+                "input_id": input_ids[pos],
+                "token": tokens[pos],
+                "entries": int(s.entries[pos]),
+                "top_token": int(s.top_token[pos]),
+                "top_prob": float(s.top_prob[pos]),
+                "entropy": float(s.entropy[pos]),
+                "residual": float(s.residual[pos]),
+            }
+            for pos in range(record.header.num_positions)
+        ],
+    }
+
+
+@shards.get(
+    "/{shard}/sequences/{seq}/positions/{pos}",
+    summary="The sparse distribution at one position",
+    response_model=schemas.PositionDetail,
+    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+)
+def position(
+    shard: ShardId,
+    seq: SeqId,
+    pos: Annotated[int, Path(ge=0, le=2**32 - 1, description="position within the sequence")],
+    found: Annotated[Shard, Depends(get_shard)],
+    stats: Annotated[ServerStats, Depends(get_stats)],
+    tokenizer: Annotated[Any, Depends(get_tokenizer)],
+) -> dict[str, Any]:
+    record = _record(found, seq, stats)
+    positions = record.header.num_positions
+    if pos >= positions:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"pos {pos} is not in seq {seq} of shard {shard} (T = {positions})"
+        )
+    ids, probs, counts = inspect.position_entries(record, pos)
+    input_id = int(record.input_ids[pos])
+    label = int(record.input_ids[pos + 1]) if pos + 1 < positions else None
+    decoded = _decode(tokenizer, [input_id] + ([label] if label is not None else []))
+    return {
+        "shard": shard,
+        "seq": seq,
+        "pos": pos,
+        "input_id": input_id,
+        "input_token": decoded[0] if decoded else None,
+        "label": label,
+        "label_token": decoded[1] if decoded and label is not None else None,
+        "token_ids": ids.tolist(),
+        "probs": probs.tolist(),
+        "counts": None if counts is None else counts.tolist(),
+        "tokens": _decode(tokenizer, ids.tolist()),
+        "residual": float(max(0.0, 1.0 - probs.sum())),
+    }
+
+
+@shards.get(
+    "/{shard}/stats",
+    summary="Statistics over the first sequences of a shard",
+    response_model=schemas.ShardStatsBody,
+    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+)
+def shard_stats(
+    shard: ShardId,
+    found: Annotated[Shard, Depends(get_shard)],
+    stats: Annotated[ServerStats, Depends(get_stats)],
+    sample: Annotated[int, Query(ge=1, le=10000, description="how many sequences to look at")] = 100,
+) -> dict[str, Any]:
+    manifest = found.manifest
+    acc = inspect.ShardSample.empty(manifest.rounds if manifest.method == "sampled" else manifest.k)
+    seen = 0
+    for seq, _ in found.seqs_page(0, sample):
+        acc.add(_record(found, seq, stats))
+        seen += 1
+    histogram = acc.histogram.tolist()
+    mean_unique = float(np.dot(np.arange(len(histogram)), histogram) / acc.positions) if acc.positions else 0.0
+    return {
+        "shard": shard,
+        "sampled_sequences": seen,
+        "positions": acc.positions,
+        "unique_tokens_histogram": histogram,
+        "mean_unique_tokens": mean_unique,
+        "mean_entropy": acc.entropy_sum / acc.positions if acc.positions else 0.0,
+        "mean_label_prob": acc.label_prob_sum / acc.label_positions if acc.label_positions else 0.0,
+    }

@@ -1,0 +1,110 @@
+"""What the REST API shows about stored records: per-position summaries and shard statistics.
+
+Pure functions over decoded records (numpy, vectorised over positions); no web framework here.
+The target probability of an entry is the record's own (``count / N``, importance-weighted when
+the record carries weights, or the stored top-k probability). The entropy shown is that of the
+sparse target itself, ``−Σ t log t`` over its entries: an estimate of the teacher's entropy that
+misses the unsampled tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from logitcache.records import Record
+
+__all__ = ["PositionSummary", "ShardSample", "position_entries", "summarize", "target_probs"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def target_probs(record: Record) -> FloatArray:
+    """Target probability of every entry, ``[E]`` float64 (see :meth:`SparseTargets.target_probs`)."""
+    h = record.header
+    values = record.values.astype(np.float64)
+    if h.kind == "topk":
+        return values
+    if record.weights is None:
+        return values / h.rounds
+    mass = values * record.weights.astype(np.float64)
+    totals = np.add.reduceat(mass, record.offsets[:-1])
+    normalised: FloatArray = mass / np.repeat(np.where(totals > 0, totals, 1.0), np.diff(record.offsets))
+    return normalised
+
+
+@dataclass(frozen=True)
+class PositionSummary:
+    entries: npt.NDArray[np.int64]  # [T] entries per position
+    top_token: npt.NDArray[np.int64]  # [T] the entry with the largest target probability
+    top_prob: FloatArray  # [T]
+    entropy: FloatArray  # [T] −Σ t log t over the entries (nats)
+    residual: FloatArray  # [T] 1 − Σ t (top-k: the ghost mass; ~0 when sampled)
+    label_prob: FloatArray  # [T] target probability of the next input token (NaN at the last position)
+
+
+def summarize(record: Record) -> PositionSummary:
+    probs = target_probs(record)
+    offsets = record.offsets
+    starts = offsets[:-1]
+    counts = np.diff(offsets)
+    positions = record.header.num_positions
+    position = np.repeat(np.arange(positions), counts)
+    best = np.lexsort((-probs, position))[starts]  # per position, its entries sorted by descending prob
+    plogp = np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)
+    vocab = record.header.vocab_size
+    keys = position * vocab + record.token_ids
+    order = np.argsort(keys, kind="stable")
+    label_keys = np.arange(positions - 1) * vocab + record.input_ids[1:]
+    found = np.searchsorted(keys[order], label_keys)
+    found = np.minimum(found, len(keys) - 1)
+    hit = keys[order][found] == label_keys
+    label_prob = np.full(positions, np.nan)
+    label_prob[:-1] = np.where(hit, probs[order][found], 0.0)
+    return PositionSummary(
+        entries=counts,
+        top_token=record.token_ids[best],
+        top_prob=probs[best],
+        entropy=-np.add.reduceat(plogp, starts),
+        residual=np.clip(1.0 - np.add.reduceat(probs, starts), 0.0, 1.0),
+        label_prob=label_prob,
+    )
+
+
+def position_entries(
+    record: Record, pos: int
+) -> tuple[npt.NDArray[np.int64], FloatArray, npt.NDArray[np.int64] | None]:
+    """``(token ids, target probs, raw counts or None)`` at ``pos``, by descending probability."""
+    lo, hi = int(record.offsets[pos]), int(record.offsets[pos + 1])
+    probs = target_probs(record)[lo:hi]
+    order = np.argsort(-probs, kind="stable")
+    ids = record.token_ids[lo:hi][order]
+    counts = record.values[lo:hi][order].astype(np.int64) if record.header.kind == "sampled" else None
+    return ids, probs[order], counts
+
+
+@dataclass
+class ShardSample:
+    """Statistics accumulated over the positions of some records of a shard."""
+
+    max_entries: int
+    histogram: npt.NDArray[np.int64]  # [max_entries + 1] positions by entry count
+    positions: int = 0
+    entropy_sum: float = 0.0
+    label_prob_sum: float = 0.0
+    label_positions: int = 0
+
+    @classmethod
+    def empty(cls, max_entries: int) -> ShardSample:
+        return cls(max_entries, np.zeros(max_entries + 1, dtype=np.int64))
+
+    def add(self, record: Record) -> None:
+        summary = summarize(record)
+        self.histogram += np.bincount(np.minimum(summary.entries, self.max_entries), minlength=self.max_entries + 1)
+        self.positions += int(summary.entries.shape[0])
+        self.entropy_sum += float(summary.entropy.sum())
+        labelled = summary.label_prob[~np.isnan(summary.label_prob)]
+        self.label_prob_sum += float(labelled.sum())
+        self.label_positions += int(labelled.shape[0])
