@@ -8,6 +8,8 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from torch import Tensor, nn
 
 from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
@@ -45,23 +47,10 @@ class SparseKDLoss(nn.Module):
         mask: Tensor | None = None,  # [N] bool
         weights: Tensor | None = None,  # [N]
     ) -> Tensor:
-        p = self.params
         return sparse_kd_loss(
-            logits,
-            target_ids,
-            target_probs,
-            labels=labels,
-            mask=mask,
-            weights=weights,
-            mode=p.mode,
-            ce_weight=p.ce_weight,
-            temperature=p.temperature,
-            ignore_index=p.ignore_index,
-            reduction=p.reduction,
-            impl=self.impl,
-            chunk_size=p.chunk_size,
-            mass_tolerance=p.mass_tolerance,
-        )
+            logits, target_ids, target_probs, labels=labels, mask=mask, weights=weights, impl=self.impl,
+            **asdict(self.params),
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         p = self.params
@@ -100,23 +89,10 @@ class FusedLinearSparseKDLoss(nn.Module):
         mask: Tensor | None = None,
         weights: Tensor | None = None,
     ) -> Tensor:
-        p = self.params
         return fused_linear_sparse_kd_loss(
-            hidden,
-            lm_head_weight,
-            target_ids,
-            target_probs,
-            labels=labels,
-            mask=mask,
-            weights=weights,
-            mode=p.mode,
-            ce_weight=p.ce_weight,
-            temperature=p.temperature,
-            ignore_index=p.ignore_index,
-            reduction=p.reduction,
-            chunk_size=p.chunk_size,
-            mass_tolerance=p.mass_tolerance,
-        )
+            hidden, lm_head_weight, target_ids, target_probs, labels=labels, mask=mask, weights=weights,
+            **asdict(self.params),
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         p = self.params
