@@ -47,6 +47,10 @@ class ShardManifest:
     tokenizer_fingerprint: str = ""  # identifies the tokenizer of the input ids
 
     def __post_init__(self) -> None:
+        # the wire and the records carry float32: store what survives the round trip
+        object.__setattr__(self, "temperature", _f32(self.temperature))
+        if self.top_p is not None:
+            object.__setattr__(self, "top_p", _f32(self.top_p))
         if not 2 <= self.vocab_size <= MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size: expected 2 <= V <= {MAX_VOCAB_SIZE}, got {self.vocab_size}")
         if self.method not in ("sampled", "topk"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -20,6 +21,7 @@ from logitcache.server.store import (
     ShardNotFoundError,
     ShardSealedError,
     Store,
+    StoreError,
     StoreFullError,
 )
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records
@@ -149,7 +151,7 @@ def test_the_map_grows_on_demand_up_to_the_limit(tmp_path: Path) -> None:
             shard.write_batch(batch)
             written += len(batch)
 
-    with pytest.raises(StoreFullError, match="reached the limit of 1048576 bytes"):
+    with pytest.raises(StoreFullError, match="map is at the limit of 1048576 bytes"):
         fill()
     assert shard.stats().sequences == written  # the failed batch left nothing behind
     store.close()
@@ -223,4 +225,106 @@ def test_readers_run_while_writers_write(tmp_path: Path) -> None:
         t.join()
     assert not errors, errors
     assert shard.stats().map_size > 1 << 20
+    store.close()
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+def test_overwrite_repairs_a_corrupted_record(tmp_path: Path) -> None:
+    items = make_records(3)
+    store = _store(tmp_path)
+    store.create_shard(0, MANIFEST).write_batch(items)
+    store.close()
+    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
+    with env.begin(write=True, db=env.open_db(b"records")) as txn:
+        corrupted = bytearray(items[1][1])
+        corrupted[100] ^= 0xFF
+        txn.put((1).to_bytes(8, "big"), bytes(corrupted))
+    env.close()
+    store = _store(tmp_path)
+    shard = store.get(0)
+    assert shard.write_batch([items[1]], overwrite=True).written == 1
+    assert shard.get(1) == items[1][1]
+    stats = shard.stats()
+    assert stats.positions == 3 * SEQ_LEN
+    assert stats.record_bytes == sum(len(d) for _, d in items)
+    store.close()
+
+
+def test_retries_of_stored_records_are_no_ops_even_after_sealing(tmp_path: Path) -> None:
+    items = make_records(4)
+    store = _store(tmp_path)
+    shard = store.create_shard(0, MANIFEST)
+    shard.write_batch(items)
+    shard.seal()
+    assert shard.write_batch(items[:2]).unchanged == 2
+    with pytest.raises(ShardSealedError):
+        shard.write_batch(make_records(1, start=9))
+    store.close()
+
+
+def test_one_server_per_data_directory(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(StoreError, match="in use by another logitcache server"):
+        _store(tmp_path)
+    store.close()
+    _store(tmp_path).close()
+
+
+def test_bad_directories_do_not_stop_the_start(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.create_shard(1, MANIFEST).write_batch(make_records(2))
+    store.close()
+    shards = tmp_path / "shards"
+    (shards / "0000000005").mkdir()  # empty: no data.mdb
+    (shards / "000000000²").mkdir()  # digits, but not ASCII ones
+    (shards / "9999999999").mkdir()  # above 2**32 - 1
+    store = _store(tmp_path)
+    assert [s.shard_id for s in store.shards()] == [1]
+    with pytest.raises(ShardExistsError, match="exists but is not open"):
+        store.create_shard(5, MANIFEST)
+    store.close()
+
+
+def test_writes_do_not_stall_behind_readers(tmp_path: Path) -> None:
+    """Aborting an LMDB write transaction waits for the other threads inside LMDB: conflicts and
+    map growth are settled before the write transaction, so busy readers cannot stall a writer."""
+    items = make_records(20)
+    store = _store(tmp_path, initial_map_size=1 << 20, max_map_size=1 << 30)
+    shard = store.create_shard(0, MANIFEST)
+    shard.write_batch(items[:2])
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for _ in shard.read_range(0, 1 << 40, chunk_bytes=1 << 14):
+                pass
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    try:
+        for round_ in range(1, 100):
+            shard.write_batch([(seq + round_ * 100, data) for seq, data in items])
+            if round_ % 10 == 0:
+                with pytest.raises(RecordConflictError):
+                    shard.write_batch([(round_ * 100, items[1][1])])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert time.monotonic() - started < 60
+    assert shard.stats().map_size > 1 << 20
+    store.close()
+
+
+def test_the_last_seq_is_reserved(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    shard = store.create_shard(0, MANIFEST)
+    with pytest.raises(InvalidRequestError, match="seq: expected 0 <= seq <= 2\\*\\*64 - 2"):
+        shard.write_batch([(2**64 - 1, make_records(1)[0][1])])
+    assert shard.write_batch([(2**64 - 2, make_records(1)[0][1])]).written == 1
+    assert [seq for chunk in shard.read_range(0, 2**64 - 1) for seq, _ in chunk] == [2**64 - 2]
     store.close()

@@ -7,7 +7,9 @@ import grpc
 __all__ = [
     "AlreadyExistsError",
     "CacheError",
+    "CancelledError",
     "DataLossError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -62,6 +64,14 @@ class UnavailableError(CacheError):
     """The server cannot be reached (retry later)."""
 
 
+class DeadlineExceededError(CacheError, TimeoutError):
+    """The call did not finish within its deadline."""
+
+
+class CancelledError(CacheError):
+    """The call was cancelled (by this side, or by the server shutting down)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CacheError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -71,6 +81,8 @@ _BY_CODE: dict[grpc.StatusCode, type[CacheError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DATA_LOSS: DataLossError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CancelledError,
 }
 
 

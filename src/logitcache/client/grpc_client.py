@@ -8,7 +8,9 @@ Example::
         for seq, data in client.read(0, seqs=[3, 1, 2]):          # in request order
             record = records.decode(data)
 
-Every failure is raised as a :class:`~logitcache.client.errors.CacheError` subclass.
+Every failure is raised as a :class:`~logitcache.client.errors.CacheError` subclass (out-of-range
+numbers too, as ``InvalidArgumentError``). ``timeout`` bounds each unary call; ``stream_timeout``
+bounds a whole ``Write`` or ``Read`` stream (none by default: a long stream is normal).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import grpc
 
 from logitcache import wire
-from logitcache.client.errors import from_rpc_error
+from logitcache.client.errors import InvalidArgumentError, from_rpc_error
 from logitcache.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
@@ -75,6 +77,7 @@ class CacheClient:
         auth_token: str | None = None,
         tls_root_cert: Path | bytes | None = None,
         timeout: float | None = 60.0,
+        stream_timeout: float | None = None,
         max_message_bytes: int = 64 << 20,
     ) -> None:
         options = [
@@ -89,7 +92,8 @@ class CacheClient:
         self._stub = pb_grpc.LogitCacheStub(self._channel)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
         self.address = address
-        self.timeout = timeout
+        self.timeout = timeout  # deadline of each unary call, seconds
+        self.stream_timeout = stream_timeout  # deadline of a whole Write or Read stream (None: none)
 
     def __enter__(self) -> CacheClient:
         return self
@@ -106,21 +110,31 @@ class CacheClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
+    @staticmethod
+    def _build(factory: Any, **fields: Any) -> Any:
+        """A request message; out-of-range numbers become an INVALID_ARGUMENT error here, not a ValueError."""
+        try:
+            return factory(**fields)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"request: {exc}") from None
+
     # ----------------------------------------------------------------- shards
 
     def create_shard(self, shard: int, manifest: ShardManifest, *, exist_ok: bool = False) -> ShardInfo:
-        request = pb.CreateShardRequest(shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok)
+        request = self._build(
+            pb.CreateShardRequest, shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok
+        )
         return ShardInfo.from_proto(self._call(self._stub.CreateShard, request))
 
     def get_shard(self, shard: int) -> ShardInfo:
-        return ShardInfo.from_proto(self._call(self._stub.GetShard, pb.GetShardRequest(shard=shard)))
+        return ShardInfo.from_proto(self._call(self._stub.GetShard, self._build(pb.GetShardRequest, shard=shard)))
 
     def list_shards(self) -> list[ShardInfo]:
         response = self._call(self._stub.ListShards, pb.ListShardsRequest())
         return [ShardInfo.from_proto(s) for s in response.shards]
 
     def seal_shard(self, shard: int) -> ShardInfo:
-        return ShardInfo.from_proto(self._call(self._stub.SealShard, pb.SealShardRequest(shard=shard)))
+        return ShardInfo.from_proto(self._call(self._stub.SealShard, self._build(pb.SealShardRequest, shard=shard)))
 
     def stats(self) -> pb.StatsResponse:
         response: pb.StatsResponse = self._call(self._stub.GetStats, pb.StatsRequest())
@@ -150,17 +164,19 @@ class CacheClient:
         self, shard: int, batches: Iterable[list[tuple[int, bytes]]], *, overwrite: bool = False
     ) -> Iterator[pb.WriteAck]:
         """One ``Write`` stream; yields each batch's acknowledgement as it arrives (pipelined)."""
+        self._build(pb.GetShardRequest, shard=shard)  # refuse a bad shard number before streaming
         requests = (
-            pb.WriteRequest(
+            self._build(
+                pb.WriteRequest,
                 shard=shard,
                 batch_id=i,
                 overwrite=overwrite,
-                records=[pb.Record(seq=seq, data=data) for seq, data in batch],
+                records=[self._build(pb.Record, seq=seq, data=data) for seq, data in batch],
             )
             for i, batch in enumerate(batches)
         )
         try:
-            yield from self._stub.Write(requests, metadata=self._metadata)
+            yield from self._stub.Write(requests, metadata=self._metadata, timeout=self.stream_timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -174,16 +190,18 @@ class CacheClient:
         max_message_bytes: int = 1 << 20,
     ) -> Iterator[tuple[int, bytes]]:
         """``(seq, record)`` for explicit ``seqs`` (in order) or for ``[start, end)`` ``ranges``."""
-        request = pb.ReadRequest(shard=shard, max_message_bytes=max_message_bytes)
-        if seqs is not None:
-            request.seqs.extend(seqs)
-        if ranges is not None:
-            request.ranges.extend(pb.SeqRange(start=a, end=b) for a, b in ranges)
-        if window is not None:
-            request.has_window = True
-            request.window_start, request.window_end = window
+        request = self._build(
+            pb.ReadRequest,
+            shard=shard,
+            max_message_bytes=max_message_bytes,
+            seqs=list(seqs or ()),
+            ranges=[self._build(pb.SeqRange, start=a, end=b) for a, b in ranges or ()],
+            has_window=window is not None,
+            window_start=window[0] if window else 0,
+            window_end=window[1] if window else 0,
+        )
         try:
-            for response in self._stub.Read(request, metadata=self._metadata):
+            for response in self._stub.Read(request, metadata=self._metadata, timeout=self.stream_timeout):
                 for record in response.records:
                     yield record.seq, record.data
         except grpc.RpcError as exc:

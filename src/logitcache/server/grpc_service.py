@@ -25,7 +25,7 @@ from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 from logitcache.server.settings import ServerSettings
 from logitcache.server.stats import ServerStats
-from logitcache.server.store import InvalidRequestError, ShardStats, Store, StoreError
+from logitcache.server.store import InvalidRequestError, ShardStats, Store, StoreError, StoreFullError
 
 __all__ = ["SERVICE_NAME", "LogitCacheService", "RunningServer", "create_server", "shard_info"]
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LogitCache"].full_name
 MUTATING_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CreateShard", "SealShard", "Write"))
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
+MAX_READ_SEQS = 1 << 16  # per Read request (a hostile list cannot pin a worker for long)
+MAX_READ_RANGES = 1 << 12
 
 
 def shard_info(stats: ShardStats) -> pb.ShardInfo:
@@ -67,6 +69,9 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
         raise AssertionError("unreachable")  # context.abort raises
 
     def _fail(self, context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+        if isinstance(exc, grpc.RpcError):  # the request stream broke: the client left, or sent too much
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.CANCELLED
+            self._abort(context, code, exc.details() if hasattr(exc, "details") else "the request stream broke")
         if isinstance(exc, StoreError):
             self._abort(context, grpc.StatusCode[exc.code], str(exc))
         if isinstance(exc, ValueError):
@@ -112,6 +117,8 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             for request in request_iterator:
                 started = time.perf_counter()
                 shard = self.store.get(request.shard)
+                if not request.records:
+                    raise InvalidRequestError(f"records: expected at least one record in batch {request.batch_id}")
                 items = [(r.seq, r.data) for r in request.records]
                 result = shard.write_batch(items, overwrite=request.overwrite)
                 self.stats.wrote(result.written, result.written_positions, result.written_bytes)
@@ -139,6 +146,13 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             shard = self.store.get(request.shard)
             if request.seqs and request.ranges:
                 raise InvalidRequestError("read: expected either seqs or ranges, got both")
+            if not request.seqs and not request.ranges:
+                raise InvalidRequestError("read: expected seqs or ranges, got neither")
+            if len(request.seqs) > MAX_READ_SEQS or len(request.ranges) > MAX_READ_RANGES:
+                raise InvalidRequestError(
+                    f"read: expected at most {MAX_READ_SEQS} seqs or {MAX_READ_RANGES} ranges per request, "
+                    f"got {len(request.seqs)} seqs and {len(request.ranges)} ranges"
+                )
             target = request.max_message_bytes or DEFAULT_READ_MESSAGE_BYTES
             target = min(target, self.max_message_bytes // 2)
             window = (request.window_start, request.window_end) if request.has_window else None
@@ -153,6 +167,13 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             for chunk in chunks:
                 if window is not None:
                     chunk = [(seq, self._window(seq, data, window)) for seq, data in chunk]
+                for seq, data in chunk:
+                    if len(data) + 1024 > self.max_message_bytes:
+                        raise StoreFullError(
+                            f"seq {seq} is {len(data)} bytes, more than fits the server's max message size "
+                            f"({self.max_message_bytes}); restart the server with a larger --max-message-bytes "
+                            "or read it by windows"
+                        )
                 positions = sum(records.read_header(data).num_positions for _, data in chunk)
                 self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
                 response = pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
@@ -272,6 +293,7 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
         interceptors=interceptors,
         options=options,
+        maximum_concurrent_rpcs=settings.workers * 4,  # past this, new calls get RESOURCE_EXHAUSTED
     )
     pb_grpc.add_LogitCacheServicer_to_server(LogitCacheService(store, stats, settings.max_message_bytes), server)
     health_servicer = health.HealthServicer()

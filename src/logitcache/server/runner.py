@@ -2,8 +2,10 @@
 
 The gRPC service and the REST app (uvicorn, in a thread of the same process) share one store.
 On SIGTERM the health service turns NOT_SERVING, no new calls are accepted, and in-flight calls
-get ``shutdown_grace_seconds`` to finish: a write batch whose transaction commits in that time
-is acknowledged; one that does not is neither stored nor acknowledged. Then the store closes.
+get ``shutdown_grace_seconds`` to finish; then they are cancelled. A write batch that committed
+before its stream was cancelled is stored, and acknowledged if the acknowledgement still got out;
+an unacknowledged batch may or may not be stored, which is why retries of identical bytes are
+no-ops. Then the store closes.
 """
 
 from __future__ import annotations

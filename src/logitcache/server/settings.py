@@ -20,7 +20,9 @@ class ServerSettings(BaseSettings):
     http: str = Field("127.0.0.1:8080", description="REST API and viewer address host:port; 'off' disables it")
     tokenizer: Path | None = Field(None, description="a Hugging Face tokenizer.json: REST shows token strings")
     http_reads_need_token: bool = Field(False, description="REST read endpoints need the auth token too")
-    max_message_bytes: int = Field(64 << 20, ge=1 << 20, description="largest gRPC message accepted or sent")
+    max_message_bytes: int = Field(
+        64 << 20, ge=1 << 20, le=2**31 - 1, description="largest gRPC message accepted or sent"
+    )
     workers: int = Field(16, ge=1, le=1024, description="gRPC worker threads (concurrent RPCs)")
     auth_token: SecretStr | None = Field(None, description="if set, mutating calls need 'Bearer <token>'")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with tls_key)")
@@ -38,6 +40,13 @@ class ServerSettings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("expected a non-empty token (leave it unset to turn auth off)")
         return value
 
     @field_validator("log_level")

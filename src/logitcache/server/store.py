@@ -27,9 +27,11 @@ answers with; this module does not import gRPC.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import os
+import re
 import shutil
 import struct
 import threading
@@ -62,9 +64,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_SHARD_ID = 2**32 - 1
-MAX_SEQ = 2**64 - 1
+MAX_SEQ = 2**64 - 2  # 2**64 - 1 is reserved: an exclusive range end must be able to pass the last seq
 _KEY = struct.Struct(">Q")
 _U64 = struct.Struct("<Q")
+_SHARD_DIR = re.compile(r"[0-9]{10}")
 _META_MANIFEST = b"manifest"
 _META_SEALED = b"sealed"
 _META_POSITIONS = b"positions"
@@ -186,7 +189,7 @@ def _key(seq: int) -> bytes:
 
 def _check_seq(seq: int) -> None:
     if not 0 <= seq <= MAX_SEQ:
-        raise InvalidRequestError(f"seq: expected 0 <= seq < 2**64, got {seq}")
+        raise InvalidRequestError(f"seq: expected 0 <= seq <= 2**64 - 2, got {seq}")
 
 
 # --------------------------------------------------------------------------- shard
@@ -241,6 +244,7 @@ class Shard:
                 txn.put(_META_BYTES, _U64.pack(0))
         finally:
             env.close()
+        _fsync_dir(tmp)
         os.rename(tmp, path)
         _fsync_dir(path.parent)
         return cls(shard_id, path, initial_map_size=initial_map_size, max_map_size=max_map_size)
@@ -275,70 +279,106 @@ class Shard:
         return headers
 
     def write_batch(self, items: list[tuple[int, bytes]], *, overwrite: bool = False) -> WriteResult:
-        """Validate and store a batch in one durable transaction; all of it or none of it."""
-        if not items:
-            return WriteResult(0, 0, 0)
+        """Validate and store a batch in one durable transaction; all of it or none of it.
+
+        Everything that can refuse the batch (format, manifest, sealed shard, conflicts) is decided
+        before the write transaction opens, and the map is grown ahead of it: a write transaction
+        is aborted only if that estimate was short, because aborting stalls while other threads
+        are inside LMDB (py-lmdb waits for them).
+        """
         headers = self.validate(items)
+        positions = sum(h.num_positions for h in headers)
         with self._write_lock:
+            stored = self._stored(items)
+            changed = [
+                (item, header) for item, header in zip(items, headers, strict=True) if stored.get(item[0]) != item[1]
+            ]
             if self._sealed:
-                raise ShardSealedError(f"shard {self.shard_id} is sealed: it accepts no more writes")
+                if changed:
+                    raise ShardSealedError(f"shard {self.shard_id} is sealed: it accepts no more writes")
+                return WriteResult(0, len(items), positions)  # a retry of what is stored: a no-op even now
+            if not changed:
+                return WriteResult(0, len(items), positions)
+            if not overwrite:
+                for (seq, _), _ in changed:
+                    if seq in stored:
+                        raise RecordConflictError(
+                            f"seq {seq} of shard {self.shard_id} is stored with different bytes "
+                            "(set overwrite to replace it)"
+                        )
+            self._reserve(sum(len(data) for (_, data), _ in changed))
             while True:
                 try:
                     with self._gate.shared():
-                        return self._write_txn(items, headers, overwrite)
+                        written = self._write_txn(changed, stored)
+                    return WriteResult(len(changed), len(items) - len(changed), positions, *written)
                 except lmdb.MapFullError:
-                    self._grow()
+                    self._grow(reason="the batch did not fit")
+
+    def _stored(self, items: list[tuple[int, bytes]]) -> dict[int, bytes]:
+        """The stored records among ``items``' seqs (none to look up when they all lie past the last key)."""
+        keys = [_key(seq) for seq, _ in items]
+        with self._gate.shared(), self._env.begin(db=self._records) as txn:
+            cursor = txn.cursor()
+            last = cursor.key() if cursor.last() else None
+            if last is None or min(keys) > last:
+                return {}
+            found = {}
+            for (seq, _), key in zip(items, keys, strict=True):
+                data = txn.get(key)
+                if data is not None:
+                    found[seq] = data
+            return found
 
     def _write_txn(
-        self, items: list[tuple[int, bytes]], headers: list[records.RecordHeader], overwrite: bool
-    ) -> WriteResult:
-        written = unchanged = positions = written_positions = written_bytes = 0
+        self, changed: list[tuple[tuple[int, bytes], records.RecordHeader]], stored: dict[int, bytes]
+    ) -> tuple[int, int]:
+        """Put the new or replaced records and update the totals. ``(positions, bytes)`` written."""
+        written_positions = written_bytes = 0
+        keys = [_key(seq) for (seq, _), _ in changed]
         with self._env.begin(write=True) as txn:
             meta_positions = self._counter(txn, _META_POSITIONS)
             meta_bytes = self._counter(txn, _META_BYTES)
-            keys = [_key(seq) for seq, _ in items]
             cursor = txn.cursor(db=self._records)
             last = cursor.key() if cursor.last() else None
-            # keys in ascending order past the last stored one cannot exist: append without lookups
-            appending = (last is None or keys[0] > last) and all(a < b for a, b in itertools.pairwise(keys))
-            for (seq, data), key, header in zip(items, keys, headers, strict=True):
-                positions += header.num_positions
-                if appending:
-                    txn.put(key, data, append=True, db=self._records)
-                else:
-                    existing = txn.get(key, db=self._records)
-                    if existing is not None:
-                        if existing == data:
-                            unchanged += 1
-                            continue
-                        if not overwrite:
-                            raise RecordConflictError(
-                                f"seq {seq} of shard {self.shard_id} is stored with different bytes "
-                                "(set overwrite to replace it)"
-                            )
-                        meta_positions -= records.read_header(existing).num_positions
-                        meta_bytes -= len(existing)
-                    txn.put(key, data, db=self._records)
-                written += 1
+            # new keys in ascending order past the last stored one: append without searching
+            appending = not stored and (last is None or keys[0] > last)
+            appending = appending and all(a < b for a, b in itertools.pairwise(keys))
+            for ((seq, data), header), key in zip(changed, keys, strict=True):
+                old = stored.get(seq)
+                if old is not None:
+                    meta_positions -= _stored_positions(old)
+                    meta_bytes -= len(old)
+                txn.put(key, data, append=appending, db=self._records)
                 written_positions += header.num_positions
                 written_bytes += len(data)
-                meta_positions += header.num_positions
-                meta_bytes += len(data)
-            txn.put(_META_POSITIONS, _U64.pack(meta_positions), db=self._meta)
-            txn.put(_META_BYTES, _U64.pack(meta_bytes), db=self._meta)
-        return WriteResult(written, unchanged, positions, written_positions, written_bytes)
+            txn.put(_META_POSITIONS, _U64.pack(max(0, meta_positions + written_positions)), db=self._meta)
+            txn.put(_META_BYTES, _U64.pack(max(0, meta_bytes + written_bytes)), db=self._meta)
+        return written_positions, written_bytes
 
     def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self._meta)
         return 0 if raw is None else int(_U64.unpack(raw)[0])
 
-    def _grow(self) -> None:
+    def _reserve(self, nbytes: int) -> None:
+        """Grow the map before a write that may not fit (copy-on-write: twice the data, plus slack).
+
+        At the size limit nothing is grown: the write is tried and LMDB decides.
+        """
+        info = self._env.info()
+        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        needed = used + 2 * nbytes + (64 << 10)
+        if needed > info["map_size"] and info["map_size"] < self.max_map_size:
+            self._grow(minimum=min(needed, self.max_map_size), reason=f"a batch of {nbytes} bytes needs room")
+
+    def _grow(self, *, minimum: int = 0, reason: str) -> None:
         current = self._env.info()["map_size"]
         if current >= self.max_map_size:
             raise StoreFullError(
-                f"shard {self.shard_id} is full: its map reached the limit of {self.max_map_size} bytes"
+                f"shard {self.shard_id} has no room: {reason}, and its map is at the limit of "
+                f"{self.max_map_size} bytes (--max-shard-bytes)"
             )
-        new_size = min(self.max_map_size, current * 2)
+        new_size = min(self.max_map_size, max(current * 2, minimum))
         with self._gate.exclusive():
             self._env.set_mapsize(new_size)
         log.info("shard %d: map grown from %d to %d bytes", self.shard_id, current, new_size)
@@ -353,7 +393,7 @@ class Shard:
                         txn.put(_META_SEALED, b"1")
                     break
                 except lmdb.MapFullError:
-                    self._grow()
+                    self._grow(reason="sealing")
             self._sealed = True
 
     # ----------------------------------------------------------------- reads
@@ -387,11 +427,13 @@ class Shard:
             chunk: list[tuple[int, bytes]] = []
             size = 0
             with self._gate.shared(), self._env.begin(db=self._records) as txn:
-                while at < len(pending) and size < chunk_bytes:
+                while at < len(pending):
                     seq = pending[at]
                     data = txn.get(_key(seq))
                     if data is None:
                         raise SeqNotFoundError(f"seq {seq} is not in shard {self.shard_id}")
+                    if chunk and size + len(data) > chunk_bytes:
+                        break  # a chunk never exceeds chunk_bytes, unless one record alone does
                     chunk.append((seq, data))
                     size += len(data)
                     at += 1
@@ -400,7 +442,7 @@ class Shard:
     def read_range(self, start: int, end: int, chunk_bytes: int = 1 << 20) -> Iterator[list[tuple[int, bytes]]]:
         """Records with ``start <= seq < end`` in seq order, in chunks of about ``chunk_bytes``."""
         if not 0 <= start <= MAX_SEQ + 1 or not 0 <= end <= MAX_SEQ + 1:
-            raise InvalidRequestError(f"range: expected seqs in [0, 2**64], got [{start}, {end})")
+            raise InvalidRequestError(f"range: expected bounds in [0, 2**64 - 1], got [{start}, {end})")
         next_seq = start
         while next_seq < end:
             chunk: list[tuple[int, bytes]] = []
@@ -408,11 +450,14 @@ class Shard:
             with self._gate.shared(), self._env.begin(db=self._records) as txn:
                 cursor = txn.cursor()
                 found = cursor.set_range(_key(next_seq))
-                while found and size < chunk_bytes:
+                while found:
                     seq = _KEY.unpack(cursor.key())[0]
                     if seq >= end:
+                        found = False
                         break
                     data = cursor.value()
+                    if chunk and size + len(data) > chunk_bytes:
+                        break  # a chunk never exceeds chunk_bytes, unless one record alone does
                     chunk.append((seq, data))
                     size += len(data)
                     found = cursor.next()
@@ -479,6 +524,14 @@ class Shard:
         )
 
 
+def _stored_positions(data: bytes) -> int:
+    """A stored record's positions, read from its header even if its checksum fails (for the totals)."""
+    try:
+        return records.read_header(data).num_positions
+    except records.RecordError:
+        return int(struct.unpack_from("<I", data, 16)[0]) if len(data) >= 20 else 0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -501,18 +554,33 @@ class Store:
         self.max_map_size = max_map_size
         self._shards_dir = self.data_dir / "shards"
         self._shards_dir.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(self.data_dir)
+        # one server per data directory: LMDB map resizes and the sealed flag are per process
+        self._lock_file = open(self.data_dir / ".lock", "a+")  # noqa: SIM115 - held for the store's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock_file.close()
+            raise StoreError(f"{self.data_dir} is in use by another logitcache server") from exc
         self._lock = threading.Lock()
         self._shards: dict[int, Shard] = {}
         for entry in sorted(self._shards_dir.iterdir()):
             if entry.name.endswith(".creating"):
                 shutil.rmtree(entry, ignore_errors=True)  # a creation interrupted by a crash
                 continue
-            if not (entry.is_dir() and entry.name.isdigit() and len(entry.name) == 10):
+            if not (entry.is_dir() and _SHARD_DIR.fullmatch(entry.name) and int(entry.name) <= MAX_SHARD_ID):
+                log.warning("ignoring %s: not a shard directory", entry)
+                continue
+            if not (entry / "data.mdb").is_file():
+                log.error("ignoring shard directory %s: it has no data.mdb", entry)
                 continue
             shard_id = int(entry.name)
-            self._shards[shard_id] = Shard(
-                shard_id, entry, initial_map_size=initial_map_size, max_map_size=max_map_size
-            )
+            try:
+                self._shards[shard_id] = Shard(
+                    shard_id, entry, initial_map_size=initial_map_size, max_map_size=max_map_size
+                )
+            except (StoreError, lmdb.Error, ValueError) as exc:
+                log.error("ignoring shard directory %s: %s", entry, exc)
         log.info("store at %s: %d shard(s) opened", self.data_dir, len(self._shards))
 
     def _path(self, shard_id: int) -> Path:
@@ -532,6 +600,11 @@ class Store:
                         f"shard {shard_id} exists with a different manifest: {existing.manifest.to_json()}"
                     )
                 raise ShardExistsError(f"shard {shard_id} already exists")
+            if path.exists():
+                raise ShardExistsError(
+                    f"shard {shard_id}: {path} exists but is not open on this server "
+                    "(restart it to load a copied shard)"
+                )
             shard = Shard.create(
                 shard_id, path, manifest, initial_map_size=self.initial_map_size, max_map_size=self.max_map_size
             )
@@ -566,3 +639,4 @@ class Store:
             shards, self._shards = list(self._shards.values()), {}
         for shard in shards:
             shard.close()
+        self._lock_file.close()
