@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "demo":
             return _demo(args)
-    except ValueError as exc:  # bad arguments that only the core can judge (pydantic's errors included)
+    except (ValueError, OSError) as exc:  # bad arguments, or an address in use (pydantic's errors included)
         parser.error(str(exc))
     return 2
 

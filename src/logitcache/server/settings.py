@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServerSettings"]
@@ -48,6 +48,12 @@ class ServerSettings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("expected a non-empty token (leave it unset to turn auth off)")
         return value
+
+    @model_validator(mode="after")
+    def _reads_token(self) -> ServerSettings:
+        if self.http_reads_need_token and self.auth_token is None:
+            raise ValueError("http_reads_need_token: expected an auth_token to check reads against")
+        return self
 
     @field_validator("log_level")
     @classmethod

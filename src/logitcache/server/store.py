@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -625,11 +626,10 @@ class Store:
             return [self._shards[k] for k in sorted(self._shards)]
 
     def writable(self) -> bool:
-        """The data directory accepts new files (for readiness probes)."""
-        probe = self.data_dir / ".write-probe"
+        """The data directory accepts new files (for readiness probes; each probe its own file)."""
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=self.data_dir, prefix=".write-probe-"):
+                pass
         except OSError:
             return False
         return True

@@ -22,8 +22,16 @@ from tests.server.process import ServerProcess
 
 def _tiny_tokenizer(path: Path) -> Path:
     vocab = {f"w{i}": i for i in range(VOCAB)}
-    Tokenizer(WordLevel(vocab, unk_token="w0")).save(str(path))
+    vocab["<|eos|>"] = 9  # a special token, so that decoding must keep it
+    del vocab["w9"]
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="w0"))
+    tokenizer.add_special_tokens(["<|eos|>"])
+    tokenizer.save(str(path))
     return path
+
+
+def _word(i: int) -> str:
+    return "<|eos|>" if i == 9 else f"w{i}"
 
 
 class Served:
@@ -108,7 +116,7 @@ def test_a_sequence_and_its_summaries(served: Served) -> None:
     record = records.decode(data)
     assert body["method"] == "sampled"
     assert [p["input_id"] for p in body["positions"]] == record.input_ids.tolist()
-    assert [p["token"] for p in body["positions"]] == [f"w{i}" for i in record.input_ids.tolist()]
+    assert [p["token"] for p in body["positions"]] == [_word(i) for i in record.input_ids.tolist()]
     for pos in (0, 7, SEQ_LEN - 1):  # against a plain recomputation
         lo, hi = record.offsets[pos], record.offsets[pos + 1]
         probs = record.values[lo:hi] / record.header.rounds
@@ -131,8 +139,8 @@ def test_a_position(served: Served) -> None:
     assert body["probs"] == sorted(body["probs"], reverse=True)
     assert body["input_id"] == record.input_ids[3]
     assert body["label"] == record.input_ids[4]
-    assert body["label_token"] == f"w{record.input_ids[4]}"
-    assert body["tokens"] == [f"w{i}" for i in body["token_ids"]]
+    assert body["label_token"] == _word(int(record.input_ids[4]))
+    assert body["tokens"] == [_word(i) for i in body["token_ids"]]
     last = served.http.get(f"/v1/shards/0/sequences/{seq}/positions/{SEQ_LEN - 1}").json()
     assert last["label"] is None
     topk = served.http.get("/v1/shards/1/sequences/0/positions/0").json()
@@ -167,6 +175,8 @@ def test_shard_stats(served: Served) -> None:
         ("/v1/shards/0/sequences?limit=0", 422, None),
         ("/v1/shards/0/sequences?start=-3", 422, None),
         ("/v1/shards/4294967296", 422, None),
+        ("/v1/shards/0/sequences/18446744073709551615", 422, None),
+        ("/v1/shards/9/seal", 405, None),
         ("/v1/shards/..%2F..%2Fetc", 404, None),  # no route matches: nothing is read
         ("/static/..%2F..%2Fpyproject.toml", 404, None),
     ],
@@ -182,7 +192,10 @@ def test_errors(served: Served, path: str, status: int, message: str | None) -> 
 def test_seal_needs_the_token(served: Served) -> None:
     assert served.http.post("/v1/shards/2/seal").status_code == 401
     assert served.http.post("/v1/shards/2/seal", headers={"authorization": "Bearer nope"}).status_code == 401
-    sealed = served.http.post("/v1/shards/2/seal", headers={"authorization": "Bearer tok"})
+    not_json = served.http.post("/v1/shards/2/seal", headers={"authorization": "Bearer tok"})
+    assert not_json.status_code == 415  # what a cross-origin form or no-cors fetch could send
+    assert served.http.get("/v1/shards/2").json()["sealed"] is False
+    sealed = served.http.post("/v1/shards/2/seal", headers={"authorization": "Bearer tok"}, json={})
     assert sealed.status_code == 200
     assert sealed.json()["sealed"] is True
     with served.server.client("tok") as client, pytest.raises(FailedPreconditionError, match="sealed"):
@@ -236,3 +249,34 @@ def test_reads_can_need_the_token(tmp_path: Path) -> None:
             assert http.get("/healthz").status_code == 200
     finally:
         server.stop()
+
+
+def test_special_and_unknown_tokens_stay_visible(tmp_path: Path) -> None:
+    from logitcache.server.http.app import load_tokenizer
+    from logitcache.server.http.routes import _decode
+
+    tokenizer = load_tokenizer(_tiny_tokenizer(tmp_path / "tokenizer.json"))
+    assert _decode(tokenizer, [9, 5, VOCAB + 7]) == ["<|eos|>", "w5", f"<{VOCAB + 7}>"]
+
+
+def test_readiness_under_concurrent_probes(served: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: served.http.get("/readyz").status_code, range(64)))
+    assert codes == [200] * 64
+
+
+def test_reads_needing_a_token_need_a_token(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(tmp_path), "--http-reads-need-token"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "expected an auth_token" in done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from logitcache import records
-from tests.server.helpers import MANIFEST, make_records
+from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records
 from tests.server.http.test_routes import _tiny_tokenizer
 from tests.server.process import ServerProcess
 
@@ -53,11 +53,14 @@ def test_viewer_lists_opens_and_charts(tmp_path: Path) -> None:
         with server.client() as client:
             client.create_shard(0, MANIFEST)
             client.write(0, items)
+            client.create_shard(1, TOPK_MANIFEST)
+            client.write(1, make_records(2, topk=True))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.goto(server.url + "/")
             page.wait_for_selector(".seq-item")
             assert "sampled, N = 20" in page.inner_text("#shard-info")
@@ -78,6 +81,12 @@ def test_viewer_lists_opens_and_charts(tmp_path: Path) -> None:
             page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
             assert not errors, errors
             assert page.inner_text("#error") == ""
+            # switching shards clears what belonged to the other shard
+            page.select_option("#shard", "1")
+            page.wait_for_selector(".seq-item[data-seq='0']")
+            assert page.locator(".tok").count() == 0
+            assert page.locator(".bar-row").count() == 0
+            assert "top-5" in page.inner_text("#shard-info")
             browser.close()
         assert (tmp_path / "viewer.png").stat().st_size > 10_000
     finally:

@@ -4,17 +4,19 @@ Reads go through the store's short read transactions, so they never block writer
 JSON ``{"detail": ...}``: 404 for an unknown shard / seq / position, 422 for malformed path or
 query parameters (FastAPI's validation), 401 for a mutating call without the token, 500 with a
 ``DATA_LOSS`` message for a record that fails its checksum (counted in the metrics; the server
-keeps serving). The web viewer (``static/``: plain HTML + JS, no build step, no CDN) is at ``/``;
-FastAPI's own docs are at ``/docs`` and the schema at ``/openapi.json``.
+keeps serving); anything unforeseen is a JSON 500. The web viewer (``static/``: plain HTML + JS,
+no build step, no CDN) is at ``/``. The schema is at ``/openapi.json``; FastAPI's docs page at
+``/docs`` loads Swagger UI from a CDN, so it needs network access in the browser.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from logitcache import __version__
@@ -25,6 +27,7 @@ from logitcache.server.store import Store
 __all__ = ["create_app", "load_tokenizer"]
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(path: Path | None) -> Any:
@@ -63,5 +66,12 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def viewer() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # anything unforeseen still answers JSON, and is counted like gRPC's INTERNAL
+        stats.error("INTERNAL")
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"INTERNAL: {type(exc).__name__}: {exc}"}, status_code=500)
 
     return app

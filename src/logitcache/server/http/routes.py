@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from logitcache import records
@@ -25,10 +26,12 @@ from logitcache.server.store import CorruptRecordError, SeqNotFoundError, Shard,
 
 __all__ = ["ops", "shards"]
 
+log = logging.getLogger(__name__)
+
 ops = APIRouter(tags=["operations"])
 shards = APIRouter(prefix="/v1/shards", tags=["shards"], dependencies=[Depends(require_read_access)])
 
-SeqId = Annotated[int, Path(ge=0, le=2**64 - 1, description="sequence number within the shard")]
+SeqId = Annotated[int, Path(ge=0, le=2**64 - 2, description="sequence number within the shard")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": schemas.ErrorBody}}
 MAX_GAPS = 100
 
@@ -94,11 +97,15 @@ def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) ->
     "/{shard}/seal",
     summary="Seal a shard: no more writes",
     response_model=schemas.ShardSummary,
-    responses={**NOT_FOUND, 401: {"model": schemas.ErrorBody}},
+    responses={**NOT_FOUND, 401: {"model": schemas.ErrorBody}, 415: {"model": schemas.ErrorBody}},
     dependencies=[Depends(require_token)],
 )
-def seal(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[str, Any]:
+def seal(shard: ShardId, found: Annotated[Shard, Depends(get_shard)], request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # a browser cannot send this cross-origin without a CORS preflight, which is refused
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "content-type: expected application/json")
     found.seal()
+    log.info("shard %d sealed (REST)", shard)
     return _summary(found.stats())
 
 
@@ -106,7 +113,7 @@ def seal(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[st
 def sequences(
     shard: ShardId,
     found: Annotated[Shard, Depends(get_shard)],
-    start: Annotated[int, Query(ge=0, le=2**64 - 1, description="first seq of the page")] = 0,
+    start: Annotated[int, Query(ge=0, le=2**64 - 2, description="first seq of the page")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="seqs per page")] = 50,
 ) -> dict[str, Any]:
     page = found.seqs_page(start, limit + 1)
@@ -134,9 +141,14 @@ def _record(found: Shard, seq: int, stats: ServerStats) -> records.Record:
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> list[str] | None:
+    """Token strings; special tokens included (``<|eos|>``), unknown ids as ``<id>``."""
     if tokenizer is None:
         return None
-    return [tokenizer.decode([i]) for i in ids]
+    out = []
+    for i in ids:
+        text = tokenizer.decode([i], skip_special_tokens=False) or tokenizer.id_to_token(i)
+        out.append(text if text else f"<{i}>")
+    return out
 
 
 @shards.get(

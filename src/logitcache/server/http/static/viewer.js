@@ -7,9 +7,30 @@ const state = { shard: null, starts: [0], next: null, seq: null, method: null };
 
 async function api(path) {
   const response = await fetch(path);
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.detail || response.statusText);
+  const isJson = (response.headers.get("content-type") || "").includes("application/json");
+  const body = isJson ? await response.json() : null;
+  if (!response.ok) throw new Error((body && body.detail) || `${response.status} ${response.statusText}`);
+  show(null);
   return body;
+}
+
+function maximum(values, floor) {
+  let best = floor;
+  for (const v of values) if (v > best) best = v;  // no spread: sequences can be long
+  return best;
+}
+
+function clearSequence() {
+  state.seq = null;
+  $("seq-title").textContent = "Pick a sequence";
+  $("tokens").replaceChildren();
+  clearPosition();
+}
+
+function clearPosition() {
+  $("pos-title").textContent = "No position selected";
+  $("pos-info").textContent = "";
+  $("chart").replaceChildren();
 }
 
 function show(error) {
@@ -37,6 +58,7 @@ async function loadShards() {
 async function selectShard(shard) {
   state.shard = shard;
   state.starts = [0];
+  clearSequence();
   const info = await api(`/v1/shards/${shard}`);
   const m = info.manifest;
   const method = m.method === "sampled" ? `sampled, N = ${m.rounds}` : `top-${m.k}`;
@@ -67,14 +89,17 @@ function entropyColour(entropy, scale) {
 }
 
 async function loadSequence(seq) {
-  const body = await api(`/v1/shards/${state.shard}/sequences/${seq}`);
+  const shard = state.shard;
+  const body = await api(`/v1/shards/${shard}/sequences/${seq}`);
+  if (shard !== state.shard) return;  // the shard changed while this was loading
   state.seq = seq;
+  clearPosition();
   state.method = body.method;
   for (const item of document.querySelectorAll(".seq-item")) {
     item.classList.toggle("active", Number(item.dataset.seq) === seq);
   }
   $("seq-title").textContent = `Shard ${state.shard}, seq ${seq}: ${body.positions.length} positions`;
-  const scale = Math.max(1e-6, ...body.positions.map((p) => p.entropy));
+  const scale = maximum(body.positions.map((p) => p.entropy), 1e-6);
   $("tokens").replaceChildren(...body.positions.map((p) => {
     const tok = text("span", p.token !== null ? p.token : String(p.input_id), "tok");
     tok.style.background = entropyColour(p.entropy, scale);
@@ -86,7 +111,10 @@ async function loadSequence(seq) {
 }
 
 async function loadPosition(pos) {
-  const body = await api(`/v1/shards/${state.shard}/sequences/${state.seq}/positions/${pos}`);
+  const shard = state.shard;
+  const seq = state.seq;
+  const body = await api(`/v1/shards/${shard}/sequences/${seq}/positions/${pos}`);
+  if (shard !== state.shard || seq !== state.seq) return;  // a newer choice won
   for (const tok of document.querySelectorAll(".tok")) {
     tok.classList.toggle("active", Number(tok.dataset.pos) === pos);
   }
@@ -98,7 +126,7 @@ async function loadPosition(pos) {
     `input ${name(body.input_id, body.input_token)} → label ${label}` +
     (body.label !== null && !labelIn ? " (not among the stored entries)" : "") +
     (body.residual > 1e-6 ? `; residual mass ${body.residual.toFixed(4)}` : "");
-  const top = Math.max(...body.probs);
+  const top = maximum(body.probs, 1e-12);
   $("chart").replaceChildren(...body.token_ids.map((id, i) => {
     const row = document.createElement("div");
     row.className = "bar-row" + (id === body.label ? " label" : "");
