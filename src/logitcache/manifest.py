@@ -17,7 +17,7 @@ import numpy as np
 from logitcache.records import RecordHeader
 from logitcache.sampling import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
 
-__all__ = ["ManifestMismatchError", "ShardManifest"]
+__all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest"]
 
 
 class ManifestMismatchError(ValueError):
@@ -122,3 +122,19 @@ class ShardManifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardManifest:
         return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a server knows about one of its shards (the server's answer and the client's view)."""
+
+    shard: int
+    manifest: ShardManifest
+    sealed: bool
+    sequences: int  # records stored
+    positions: int  # sum of the records' positions
+    record_bytes: int  # sum of the records' sizes
+    disk_bytes: int  # the shard's LMDB file on disk
+    first_seq: int | None  # None while the shard is empty
+    last_seq: int | None
+    map_size: int  # current LMDB map size

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from logitcache.manifest import ShardManifest
+from logitcache.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.sampling import TargetKind
 
-__all__ = ["manifest_from_proto", "manifest_to_proto"]
+__all__ = ["manifest_from_proto", "manifest_to_proto", "shard_info_from_proto", "shard_info_to_proto"]
 
 _METHODS = {"sampled": pb.METHOD_SAMPLED, "topk": pb.METHOD_TOPK}
 
@@ -45,4 +45,35 @@ def manifest_from_proto(message: pb.Manifest) -> ShardManifest:
         seq_len=message.seq_len,
         teacher=message.teacher,
         tokenizer_fingerprint=message.tokenizer_fingerprint,
+    )
+
+
+def shard_info_to_proto(info: ShardInfo) -> pb.ShardInfo:
+    return pb.ShardInfo(
+        shard=info.shard,
+        manifest=manifest_to_proto(info.manifest),
+        sealed=info.sealed,
+        sequences=info.sequences,
+        positions=info.positions,
+        record_bytes=info.record_bytes,
+        disk_bytes=info.disk_bytes,
+        has_sequences=info.first_seq is not None,
+        first_seq=info.first_seq or 0,
+        last_seq=info.last_seq or 0,
+        map_size=info.map_size,
+    )
+
+
+def shard_info_from_proto(message: pb.ShardInfo) -> ShardInfo:
+    return ShardInfo(
+        shard=message.shard,
+        manifest=manifest_from_proto(message.manifest),
+        sealed=message.sealed,
+        sequences=message.sequences,
+        positions=message.positions,
+        record_bytes=message.record_bytes,
+        disk_bytes=message.disk_bytes,
+        first_seq=message.first_seq if message.has_sequences else None,
+        last_seq=message.last_seq if message.has_sequences else None,
+        map_size=message.map_size,
     )

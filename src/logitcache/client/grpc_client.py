@@ -25,38 +25,11 @@ import grpc
 
 from logitcache import wire
 from logitcache.client.errors import InvalidArgumentError, from_rpc_error
-from logitcache.manifest import ShardManifest
+from logitcache.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 
 __all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    shard: int
-    manifest: ShardManifest
-    sealed: bool
-    sequences: int
-    positions: int
-    record_bytes: int
-    disk_bytes: int
-    first_seq: int | None
-    last_seq: int | None
-
-    @classmethod
-    def from_proto(cls, message: pb.ShardInfo) -> ShardInfo:
-        return cls(
-            shard=message.shard,
-            manifest=wire.manifest_from_proto(message.manifest),
-            sealed=message.sealed,
-            sequences=message.sequences,
-            positions=message.positions,
-            record_bytes=message.record_bytes,
-            disk_bytes=message.disk_bytes,
-            first_seq=message.first_seq if message.has_sequences else None,
-            last_seq=message.last_seq if message.has_sequences else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -124,17 +97,19 @@ class CacheClient:
         request = self._build(
             pb.CreateShardRequest, shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok
         )
-        return ShardInfo.from_proto(self._call(self._stub.CreateShard, request))
+        return wire.shard_info_from_proto(self._call(self._stub.CreateShard, request))
 
     def get_shard(self, shard: int) -> ShardInfo:
-        return ShardInfo.from_proto(self._call(self._stub.GetShard, self._build(pb.GetShardRequest, shard=shard)))
+        return wire.shard_info_from_proto(self._call(self._stub.GetShard, self._build(pb.GetShardRequest, shard=shard)))
 
     def list_shards(self) -> list[ShardInfo]:
         response = self._call(self._stub.ListShards, pb.ListShardsRequest())
-        return [ShardInfo.from_proto(s) for s in response.shards]
+        return [wire.shard_info_from_proto(s) for s in response.shards]
 
     def seal_shard(self, shard: int) -> ShardInfo:
-        return ShardInfo.from_proto(self._call(self._stub.SealShard, self._build(pb.SealShardRequest, shard=shard)))
+        return wire.shard_info_from_proto(
+            self._call(self._stub.SealShard, self._build(pb.SealShardRequest, shard=shard))
+        )
 
     def stats(self) -> pb.StatsResponse:
         response: pb.StatsResponse = self._call(self._stub.GetStats, pb.StatsRequest())

@@ -25,9 +25,9 @@ from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 from logitcache.server.settings import ServerSettings
 from logitcache.server.stats import ServerStats
-from logitcache.server.store import InvalidRequestError, ShardStats, Store, StoreError, StoreFullError
+from logitcache.server.store import InvalidRequestError, Store, StoreError, StoreFullError
 
-__all__ = ["SERVICE_NAME", "LogitCacheService", "RunningServer", "create_server", "shard_info"]
+__all__ = ["SERVICE_NAME", "LogitCacheService", "RunningServer", "create_server"]
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +36,6 @@ MUTATING_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CreateShard
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
 MAX_READ_SEQS = 1 << 16  # per Read request (a hostile list cannot pin a worker for long)
 MAX_READ_RANGES = 1 << 12
-
-
-def shard_info(stats: ShardStats) -> pb.ShardInfo:
-    return pb.ShardInfo(
-        shard=stats.shard,
-        manifest=wire.manifest_to_proto(stats.manifest),
-        sealed=stats.sealed,
-        sequences=stats.sequences,
-        positions=stats.positions,
-        record_bytes=stats.record_bytes,
-        disk_bytes=stats.disk_bytes,
-        has_sequences=stats.first_seq is not None,
-        first_seq=stats.first_seq or 0,
-        last_seq=stats.last_seq or 0,
-        map_size=stats.map_size,
-    )
 
 
 class LogitCacheService(pb_grpc.LogitCacheServicer):
@@ -85,19 +69,19 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
                 raise InvalidRequestError("manifest: expected a manifest for the new shard")
             manifest = wire.manifest_from_proto(request.manifest)
             shard = self.store.create_shard(request.shard, manifest, exist_ok=request.exist_ok)
-            return shard_info(shard.stats())
+            return wire.shard_info_to_proto(shard.stats())
         except Exception as exc:
             self._fail(context, exc)
 
     def GetShard(self, request: pb.GetShardRequest, context: grpc.ServicerContext) -> pb.ShardInfo:
         try:
-            return shard_info(self.store.get(request.shard).stats())
+            return wire.shard_info_to_proto(self.store.get(request.shard).stats())
         except Exception as exc:
             self._fail(context, exc)
 
     def ListShards(self, request: pb.ListShardsRequest, context: grpc.ServicerContext) -> pb.ListShardsResponse:
         try:
-            return pb.ListShardsResponse(shards=[shard_info(s.stats()) for s in self.store.shards()])
+            return pb.ListShardsResponse(shards=[wire.shard_info_to_proto(s.stats()) for s in self.store.shards()])
         except Exception as exc:
             self._fail(context, exc)
 
@@ -106,7 +90,7 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             shard = self.store.get(request.shard)
             shard.seal()
             log.info("shard %d sealed", request.shard)
-            return shard_info(shard.stats())
+            return wire.shard_info_to_proto(shard.stats())
         except Exception as exc:
             self._fail(context, exc)
 

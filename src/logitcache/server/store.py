@@ -44,7 +44,7 @@ from pathlib import Path
 import lmdb
 
 from logitcache import records
-from logitcache.manifest import ManifestMismatchError, ShardManifest
+from logitcache.manifest import ManifestMismatchError, ShardInfo, ShardManifest
 
 __all__ = [
     "CorruptRecordError",
@@ -55,7 +55,6 @@ __all__ = [
     "ShardExistsError",
     "ShardNotFoundError",
     "ShardSealedError",
-    "ShardStats",
     "Store",
     "StoreError",
     "StoreFullError",
@@ -130,20 +129,6 @@ class WriteResult:
     positions: int  # positions in the batch's records
     written_positions: int = 0  # positions in the records stored by this batch
     written_bytes: int = 0  # bytes of the records stored by this batch
-
-
-@dataclass(frozen=True)
-class ShardStats:
-    shard: int
-    manifest: ShardManifest
-    sealed: bool
-    sequences: int
-    positions: int
-    record_bytes: int
-    disk_bytes: int
-    first_seq: int | None
-    last_seq: int | None
-    map_size: int
 
 
 class _Gate:
@@ -500,7 +485,7 @@ class Shard:
                 previous = seq
         return missing, ranges
 
-    def stats(self) -> ShardStats:
+    def stats(self) -> ShardInfo:
         with self._gate.shared(), self._env.begin() as txn:
             entries = txn.stat(self._records)["entries"]
             positions = self._counter(txn, _META_POSITIONS)
@@ -511,7 +496,7 @@ class Shard:
             map_size = self._env.info()["map_size"]
         data_file = self.path / "data.mdb"
         disk = data_file.stat().st_blocks * 512 if data_file.exists() else 0
-        return ShardStats(
+        return ShardInfo(
             shard=self.shard_id,
             manifest=self.manifest,
             sealed=self._sealed,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from logitcache import records
+from logitcache.manifest import ShardInfo
 from logitcache.server import inspect
 from logitcache.server.http import schemas
 from logitcache.server.http.deps import (
@@ -22,7 +23,7 @@ from logitcache.server.http.deps import (
     require_token,
 )
 from logitcache.server.stats import ServerStats
-from logitcache.server.store import CorruptRecordError, SeqNotFoundError, Shard, ShardStats, Store
+from logitcache.server.store import CorruptRecordError, SeqNotFoundError, Shard, Store
 
 __all__ = ["ops", "shards"]
 
@@ -53,7 +54,7 @@ def metrics(stats: Annotated[ServerStats, Depends(get_stats)]) -> Response:
     return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _summary(s: ShardStats) -> dict[str, Any]:
+def _summary(s: ShardInfo) -> dict[str, Any]:
     m = s.manifest
     return {
         "shard": s.shard,
