@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,6 @@ from logitcache.client import CacheClient
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SparseTargets, sample_random
 from logitcache.synthetic import lm_like_logits
-
-_T = struct.Struct("<I")
-
-
-def _positions(data: bytes) -> int:
-    return int(_T.unpack_from(data, 16)[0])  # num_positions in the record header
 
 
 def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
@@ -117,7 +110,7 @@ def main() -> None:
                 best_grpc = 0.0
                 for _ in range(3):
                     start = time.perf_counter()
-                    got = sum(_positions(data) for _, data in client.read(0, ranges=[(0, 1 << 62)]))
+                    got = sum(records.peek_positions(data) for _, data in client.read(0, ranges=[(0, 1 << 62)]))
                     best_grpc = max(best_grpc, got / (time.perf_counter() - start))
                     assert got == positions
                 info = client.get_shard(0)
@@ -128,7 +121,7 @@ def main() -> None:
             for _ in range(3):
                 start = time.perf_counter()
                 with env.begin(db=db) as txn:
-                    got = sum(_positions(value) for _, value in txn.cursor())
+                    got = sum(records.peek_positions(value) for _, value in txn.cursor())
                 best_raw = max(best_raw, got / (time.perf_counter() - start))
             env.close()
         finally:

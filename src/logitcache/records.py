@@ -106,6 +106,7 @@ __all__ = [
     "decode_torch",
     "encode",
     "input_ids_hash",
+    "peek_positions",
     "read_header",
     "slice_positions",
 ]
@@ -114,6 +115,7 @@ MAGIC = b"LGCR"
 FORMAT_VERSION = 1
 HEADER_SIZE = 56
 _HEADER = struct.Struct("<4sHBBIIIIBBBBfIIQQ")
+_T_FIELD = struct.Struct("<I")  # num_positions, at offset 16
 _CHECKED_HEADER = 48  # the checksum covers header bytes [0, 48) and the body
 _METHOD_CODES: dict[TargetKind, int] = {"sampled": 1, "topk": 2}
 _METHODS_BY_CODE: dict[int, TargetKind] = {v: k for k, v in _METHOD_CODES.items()}
@@ -348,6 +350,14 @@ def read_header(data: bytes | bytearray | memoryview) -> RecordHeader:
             "body_len", f"expected {sum(header.section_sizes())} for T, E and widths, got {body_len}"
         )
     return header
+
+
+def peek_positions(data: bytes | bytearray | memoryview) -> int:
+    """The header's ``num_positions`` without any validation (0 if the header is cut short).
+
+    For records already verified (the server's read path) or known corrupt (its accounting).
+    """
+    return int(_T_FIELD.unpack_from(data, 16)[0]) if len(data) >= 20 else 0
 
 
 def _checksum(header: memoryview | bytes, body: memoryview | bytes) -> int:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import torch
 
 from logitcache import records
@@ -32,6 +33,16 @@ def make_records(count: int, *, seed: int = 0, start: int = 0, topk: bool = Fals
         ids = torch.randint(0, VOCAB, (SEQ_LEN,), generator=gen)
         out.append((seq, records.encode(ids, targets)))
     return out
+
+
+def corrupt_stored(data_dir: Path, shard: int, seq: int, data: bytes, at: int) -> None:
+    """Flip bits of a stored record behind the server's back (it must be stopped)."""
+    env = lmdb.open(str(data_dir / "shards" / f"{shard:010d}"), max_dbs=4)
+    with env.begin(write=True, db=env.open_db(b"records")) as txn:
+        corrupted = bytearray(data)
+        corrupted[at] ^= 0x05
+        txn.put(seq.to_bytes(8, "big"), bytes(corrupted))
+    env.close()
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import lmdb
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -30,7 +29,7 @@ from logitcache.client import (
 from logitcache.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
-from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, make_records, running_server
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, corrupt_stored, make_records, running_server
 
 
 def test_round_trip_across_shards(tmp_path: Path) -> None:
@@ -187,12 +186,7 @@ def test_data_loss_on_a_corrupted_record(tmp_path: Path) -> None:
     with running_server(tmp_path) as (_, client):
         client.create_shard(0, MANIFEST)
         client.write(0, items)
-    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
-    with env.begin(write=True, db=env.open_db(b"records")) as txn:
-        corrupted = bytearray(items[1][1])
-        corrupted[200] ^= 0x01
-        txn.put((1).to_bytes(8, "big"), bytes(corrupted))
-    env.close()
+    corrupt_stored(tmp_path, 0, 1, items[1][1], at=200)
     with running_server(tmp_path) as (_, client):
         with pytest.raises(DataLossError, match="seq 1 of shard 0 is corrupted on disk"):
             list(client.read(0, ranges=[(0, 3)]))

@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from logitcache import records
@@ -24,7 +23,7 @@ from logitcache.server.store import (
     StoreError,
     StoreFullError,
 )
-from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
 
 
 def _store(path: Path, **kwargs: int) -> Store:
@@ -170,13 +169,7 @@ def test_corruption_on_disk_is_data_loss(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.create_shard(0, MANIFEST).write_batch(items)
     store.close()
-    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
-    db = env.open_db(b"records")
-    with env.begin(write=True, db=db) as txn:
-        corrupted = bytearray(items[1][1])
-        corrupted[100] ^= 0xFF
-        txn.put((1).to_bytes(8, "big"), bytes(corrupted))
-    env.close()
+    corrupt_stored(tmp_path, 0, 1, items[1][1], at=100)
     store = _store(tmp_path)
     with pytest.raises(CorruptRecordError, match="seq 1 of shard 0 is corrupted on disk: checksum"):
         store.get(0).get(1)
@@ -236,12 +229,7 @@ def test_overwrite_repairs_a_corrupted_record(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.create_shard(0, MANIFEST).write_batch(items)
     store.close()
-    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
-    with env.begin(write=True, db=env.open_db(b"records")) as txn:
-        corrupted = bytearray(items[1][1])
-        corrupted[100] ^= 0xFF
-        txn.put((1).to_bytes(8, "big"), bytes(corrupted))
-    env.close()
+    corrupt_stored(tmp_path, 0, 1, items[1][1], at=100)
     store = _store(tmp_path)
     shard = store.get(0)
     assert shard.write_batch([items[1]], overwrite=True).written == 1

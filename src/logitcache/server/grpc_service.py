@@ -158,7 +158,7 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
                             f"({self.max_message_bytes}); restart the server with a larger --max-message-bytes "
                             "or read it by windows"
                         )
-                positions = sum(records.read_header(data).num_positions for _, data in chunk)
+                positions = sum(records.peek_positions(data) for _, data in chunk)  # verified by the store
                 self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
                 response = pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
                 self.stats.read_batch_seconds.observe(time.perf_counter() - started)

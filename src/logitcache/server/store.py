@@ -333,7 +333,7 @@ class Shard:
             for ((seq, data), header), key in zip(changed, keys, strict=True):
                 old = stored.get(seq)
                 if old is not None:
-                    meta_positions -= _stored_positions(old)
+                    meta_positions -= records.peek_positions(old)  # even if its checksum fails
                     meta_bytes -= len(old)
                 txn.put(key, data, append=appending, db=self._records)
                 written_positions += header.num_positions
@@ -508,14 +508,6 @@ class Shard:
             last_seq=last,
             map_size=map_size,
         )
-
-
-def _stored_positions(data: bytes) -> int:
-    """A stored record's positions, read from its header even if its checksum fails (for the totals)."""
-    try:
-        return records.read_header(data).num_positions
-    except records.RecordError:
-        return int(struct.unpack_from("<I", data, 16)[0]) if len(data) >= 20 else 0
 
 
 def _fsync_dir(path: Path) -> None:

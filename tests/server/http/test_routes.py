@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import lmdb
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -16,7 +15,7 @@ from tokenizers.models import WordLevel
 
 from logitcache import records
 from logitcache.client import FailedPreconditionError
-from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
 from tests.server.process import ServerProcess
 
 
@@ -222,12 +221,7 @@ def test_corrupt_records_are_500_and_counted(tmp_path: Path) -> None:
             client.write(0, items)
     finally:
         server.stop()
-    env = lmdb.open(str(tmp_path / "shards" / f"{0:010d}"), max_dbs=4)
-    with env.begin(write=True, db=env.open_db(b"records")) as txn:
-        broken = bytearray(items[1][1])
-        broken[150] ^= 0x04
-        txn.put((1).to_bytes(8, "big"), bytes(broken))
-    env.close()
+    corrupt_stored(tmp_path, 0, 1, items[1][1], at=150)
     server = ServerProcess(tmp_path)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
