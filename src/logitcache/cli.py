@@ -4,6 +4,8 @@ Subcommands:
 
 * ``logitcache serve`` — the cache server (gRPC; see :mod:`logitcache.server`). Flags override
   ``LOGITCACHE_*`` environment variables, which override the defaults (loopback, ``./logitcache-data``).
+* ``logitcache teacher`` — run a Hugging Face causal LM over a corpus and write its sparse targets
+  into the cache (see :mod:`logitcache.writer.teacher`); ``torchrun`` splits the work across ranks.
 * ``logitcache demo`` — an end-to-end run of the core on a random teacher: sample a batch of
   sequences, pack each into a record, decode it back and print what it cost. No server, no GPU.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from logitcache import records
+from logitcache.client import CacheError
 from logitcache.sampling import METHODS, SamplerConfig, sample
 from logitcache.synthetic import lm_like_logits
 
@@ -44,6 +47,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--max-shard-bytes", type=int, help="a shard's size limit (default 1 TiB)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    teacher = sub.add_parser("teacher", help="cache a teacher model's sparse targets over a corpus")
+    from logitcache.writer.teacher import add_arguments
+
+    add_arguments(teacher)
     demo = sub.add_parser("demo", help="sample + pack + decode records from a random teacher")
     demo.add_argument("--vocab-size", type=int, default=128256, help="teacher vocabulary size V")
     demo.add_argument("--seq-len", type=int, default=256, help="positions per sequence T")
@@ -97,8 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "teacher":
+            from logitcache.writer.teacher import main as teacher_main
+
+            return teacher_main(args)
+    except CacheError as exc:  # the server refused (a manifest mismatch, a sealed shard, ...) or is gone
+        print(f"logitcache {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:  # bad arguments, or an address in use (pydantic's errors included)
         parser.error(str(exc))
+    except RuntimeError as exc:
+        print(f"logitcache {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     return 2
 
 

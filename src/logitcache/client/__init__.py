@@ -1,4 +1,4 @@
-"""Talking to cache servers from Python: :class:`CacheClient` and its typed errors."""
+"""Talking to cache servers from Python: :class:`CacheClient`, its typed errors, and the training loader."""
 
 from logitcache.client.errors import (
     AlreadyExistsError,
@@ -14,8 +14,17 @@ from logitcache.client.errors import (
     UnavailableError,
 )
 from logitcache.client.grpc_client import CacheClient, ShardInfo, WriteSummary
+from logitcache.client.loader import (
+    AlignmentError,
+    LoaderStateError,
+    SparseKDBatch,
+    SparseKDLoader,
+    plan_batches,
+    verify_alignment,
+)
 
 __all__ = [
+    "AlignmentError",
     "AlreadyExistsError",
     "CacheClient",
     "CacheError",
@@ -24,10 +33,15 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "LoaderStateError",
     "NotFoundError",
     "ResourceExhaustedError",
     "ShardInfo",
+    "SparseKDBatch",
+    "SparseKDLoader",
     "UnauthenticatedError",
     "UnavailableError",
     "WriteSummary",
+    "plan_batches",
+    "verify_alignment",
 ]

@@ -1,35 +1,67 @@
-"""A thin synchronous client for the cache server (create / list / seal shards, write, read).
+"""A synchronous client for one cache server or a cluster of them.
 
 Example::
 
-    with CacheClient("127.0.0.1:50051") as client:
+    with CacheClient(["10.0.0.1:50051", "10.0.0.2:50051"]) as client:
         client.create_shard(0, ShardManifest(vocab_size=128256, method="sampled", rounds=50))
         summary = client.write(0, [(seq, record_bytes), ...])     # returns once all are acked
         for seq, data in client.read(0, seqs=[3, 1, 2]):          # in request order
             record = records.decode(data)
 
+**Cluster routing.** Shards are the unit of placement. The client asks every server which shards it
+holds (``ListShards``) and sends each request for a shard to its server; the map is refreshed when
+a shard is not found, so shards created elsewhere appear. A shard no server holds is a
+:class:`~logitcache.client.errors.NotFoundError` naming the servers. A new shard goes to the server
+``address=`` names, else to ``addresses[shard % len(addresses)]``. If two servers hold the same
+shard (a sealed copy), the first in ``addresses`` order serves it.
+
+**Deadlines and retries.** ``timeout`` bounds each unary call; ``stream_timeout`` bounds a whole
+``Write`` or ``Read`` stream (none by default: a long stream is normal). Idempotent calls (reads,
+lookups, sealing, ``create_shard(exist_ok=True)``) are retried ``retries`` times with exponential
+backoff on UNAVAILABLE and DEADLINE_EXCEEDED; a broken ``Read`` stream resumes after the last record
+it delivered, so nothing is repeated or skipped. ``write`` is not retried here: the teacher-side
+:class:`~logitcache.writer.CacheWriter` does that with exact resends.
+
 Every failure is raised as a :class:`~logitcache.client.errors.CacheError` subclass (out-of-range
-numbers too, as ``InvalidArgumentError``). ``timeout`` bounds each unary call; ``stream_timeout``
-bounds a whole ``Write`` or ``Read`` stream (none by default: a long stream is normal).
+numbers too, as ``InvalidArgumentError``). The client can be pickled and used after ``fork``
+(DataLoader workers): channels are opened lazily, once per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from logitcache import wire
-from logitcache.client.errors import InvalidArgumentError, from_rpc_error
+from logitcache.client.errors import (
+    CacheError,
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    from_rpc_error,
+)
 from logitcache.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 
-__all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
+__all__ = ["TRANSIENT_ERRORS", "CacheClient", "ShardInfo", "WriteSummary"]
+
+TRANSIENT_ERRORS: tuple[type[CacheError], ...] = (UnavailableError, DeadlineExceededError)
+# a Read stream is never cancelled by this side: CANCELLED means the server shut down mid-stream
+_READ_RETRYABLE: tuple[type[CacheError], ...] = (*TRANSIENT_ERRORS, CancelledError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,33 +72,69 @@ class WriteSummary:
     positions: int
 
 
+class _Connection:
+    """One server's channel and stub."""
+
+    def __init__(self, address: str, options: list[tuple[str, Any]], root_cert: bytes | None) -> None:
+        if root_cert is not None:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert), options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+        self.stub = pb_grpc.LogitCacheStub(self.channel)
+
+
 class CacheClient:
-    """Synchronous client for one server. Thread-safe (gRPC channels are)."""
+    """Synchronous client for one server or several. Thread-safe (gRPC channels are)."""
 
     def __init__(
         self,
-        address: str,
+        addresses: str | Sequence[str],
         *,
         auth_token: str | None = None,
         tls_root_cert: Path | bytes | None = None,
         timeout: float | None = 60.0,
         stream_timeout: float | None = None,
         max_message_bytes: int = 64 << 20,
+        retries: int = 4,
+        backoff: float = 0.1,
     ) -> None:
-        options = [
+        self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not self.addresses:
+            raise ValueError("addresses: expected at least one server address")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError(f"addresses: expected distinct addresses, got {self.addresses}")
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries, backoff: expected >= 0, got {retries}, {backoff}")
+        self._root_cert = tls_root_cert.read_bytes() if isinstance(tls_root_cert, Path) else tls_root_cert
+        self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if tls_root_cert is not None:
-            root = tls_root_cert.read_bytes() if isinstance(tls_root_cert, Path) else tls_root_cert
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
-        self._stub = pb_grpc.LogitCacheStub(self._channel)
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
-        self.address = address
         self.timeout = timeout  # deadline of each unary call, seconds
         self.stream_timeout = stream_timeout  # deadline of a whole Write or Read stream (None: none)
+        self.retries = retries
+        self.backoff = backoff
+        self._lock = threading.Lock()
+        self._connections: dict[str, _Connection] = {}
+        self._pid = os.getpid()
+        self._shard_map: dict[int, str] = {}
+
+    @property
+    def address(self) -> str:
+        """The first server's address (the only one for a single-server client)."""
+        return self.addresses[0]
+
+    # ----------------------------------------------------------------- plumbing
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_lock=None, _connections={}, _pid=-1)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __enter__(self) -> CacheClient:
         return self
@@ -75,13 +143,40 @@ class CacheClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            if self._pid == os.getpid():
+                for connection in self._connections.values():
+                    connection.channel.close()
+            self._connections = {}
 
-    def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    def _stub(self, address: str) -> pb_grpc.LogitCacheStub:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not touch its parent's channels
+                self._connections, self._pid = {}, os.getpid()
+            connection = self._connections.get(address)
+            if connection is None:
+                connection = self._connections[address] = _Connection(address, self._options, self._root_cert)
+            return connection.stub
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, retried on transient errors with exponential backoff."""
+        for i in range(self.retries + 1):
+            try:
+                return attempt()
+            except TRANSIENT_ERRORS:
+                if i == self.retries:
+                    raise
+                time.sleep(min(self.backoff * 2**i, 2.0))
+        raise AssertionError("unreachable")
+
+    def _unary(self, address: str, name: str, request: Any, *, idempotent: bool = True) -> Any:
+        def attempt() -> Any:
+            try:
+                return getattr(self._stub(address), name)(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        return self._retrying(attempt) if idempotent else attempt()
 
     @staticmethod
     def _build(factory: Any, **fields: Any) -> Any:
@@ -91,29 +186,94 @@ class CacheClient:
         except (ValueError, TypeError) as exc:
             raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"request: {exc}") from None
 
+    # ----------------------------------------------------------------- routing
+
+    def refresh(self) -> dict[int, str]:
+        """Ask every server which shards it holds; return the new ``shard → address`` map."""
+        found: dict[int, str] = {}
+        for address in reversed(self.addresses):  # the first server wins a shard held twice
+            for info in self._list_on(address):
+                found[info.shard] = address
+        with self._lock:
+            self._shard_map = found
+        return dict(found)
+
+    def locate(self, shard: int) -> str:
+        """The address of the server holding ``shard``; ``NotFoundError`` if none does."""
+        address = self._shard_map.get(shard)
+        if address is None:
+            address = self.refresh().get(shard)
+        if address is None:
+            if len(self.addresses) == 1:
+                return self.address  # the server's own NOT_FOUND says the rest
+            raise NotFoundError(
+                grpc.StatusCode.NOT_FOUND, f"shard {shard} is on none of the servers {', '.join(self.addresses)}"
+            )
+        return address
+
     # ----------------------------------------------------------------- shards
 
-    def create_shard(self, shard: int, manifest: ShardManifest, *, exist_ok: bool = False) -> ShardInfo:
+    def _list_on(self, address: str) -> list[ShardInfo]:
+        response = self._unary(address, "ListShards", pb.ListShardsRequest())
+        return [wire.shard_info_from_proto(s) for s in response.shards]
+
+    def create_shard(
+        self, shard: int, manifest: ShardManifest, *, exist_ok: bool = False, address: str | None = None
+    ) -> ShardInfo:
+        """Create ``shard`` on ``address``, else where it already is, else on ``addresses[shard % n]``."""
         request = self._build(
             pb.CreateShardRequest, shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok
         )
-        return wire.shard_info_from_proto(self._call(self._stub.CreateShard, request))
+        if address is None:
+            address = self.refresh().get(shard) or self.addresses[shard % len(self.addresses)]
+        elif address not in self.addresses:
+            raise ValueError(f"address: expected one of {self.addresses}, got {address!r}")
+        info = wire.shard_info_from_proto(self._unary(address, "CreateShard", request, idempotent=exist_ok))
+        with self._lock:
+            self._shard_map.setdefault(shard, address)
+        return info
 
     def get_shard(self, shard: int) -> ShardInfo:
-        return wire.shard_info_from_proto(self._call(self._stub.GetShard, self._build(pb.GetShardRequest, shard=shard)))
+        request = self._build(pb.GetShardRequest, shard=shard)
+        return wire.shard_info_from_proto(self._unary(self.locate(shard), "GetShard", request))
 
     def list_shards(self) -> list[ShardInfo]:
-        response = self._call(self._stub.ListShards, pb.ListShardsRequest())
-        return [wire.shard_info_from_proto(s) for s in response.shards]
+        """Every shard of every server, by shard id (a shard held twice: the first server's view)."""
+        merged: dict[int, ShardInfo] = {}
+        for address in self.addresses:
+            for info in self._list_on(address):
+                merged.setdefault(info.shard, info)
+        return [merged[shard] for shard in sorted(merged)]
 
     def seal_shard(self, shard: int) -> ShardInfo:
-        return wire.shard_info_from_proto(
-            self._call(self._stub.SealShard, self._build(pb.SealShardRequest, shard=shard))
-        )
+        request = self._build(pb.SealShardRequest, shard=shard)
+        return wire.shard_info_from_proto(self._unary(self.locate(shard), "SealShard", request))
 
-    def stats(self) -> pb.StatsResponse:
-        response: pb.StatsResponse = self._call(self._stub.GetStats, pb.StatsRequest())
+    def stats(self, address: str | None = None) -> pb.StatsResponse:
+        """One server's counters (the first server's by default)."""
+        response: pb.StatsResponse = self._unary(address or self.address, "GetStats", pb.StatsRequest())
         return response
+
+    def seq_runs(self, shard: int) -> list[tuple[int, int]]:
+        """The seqs ``shard`` holds as ascending ``[start, end)`` runs of consecutive seqs (one snapshot)."""
+        request = self._build(pb.ListSeqsRequest, shard=shard)
+        address = self.locate(shard)
+
+        def attempt() -> list[tuple[int, int]]:
+            try:
+                stream = self._stub(address).ListSeqs(request, timeout=self.timeout, metadata=self._metadata)
+                return [(r.start, r.end) for response in stream for r in response.runs]
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        return self._retrying(attempt)
+
+    def list_seqs(self, shard: int) -> npt.NDArray[np.uint64]:
+        """The seqs ``shard`` holds, ascending. ``[n]`` uint64."""
+        runs = self.seq_runs(shard)
+        if not runs:
+            return np.zeros(0, dtype=np.uint64)
+        return np.concatenate([np.arange(a, b, dtype=np.uint64) for a, b in runs])
 
     # ----------------------------------------------------------------- data
 
@@ -136,10 +296,20 @@ class CacheClient:
         return WriteSummary(batches, written, unchanged, positions)
 
     def write_batches(
-        self, shard: int, batches: Iterable[list[tuple[int, bytes]]], *, overwrite: bool = False
+        self,
+        shard: int,
+        batches: Iterable[list[tuple[int, bytes]]],
+        *,
+        overwrite: bool = False,
+        on_call: Callable[[Any], None] | None = None,
     ) -> Iterator[pb.WriteAck]:
-        """One ``Write`` stream; yields each batch's acknowledgement as it arrives (pipelined)."""
+        """One ``Write`` stream; yields each batch's acknowledgement as it arrives (pipelined).
+
+        Batch ``i`` of ``batches`` is sent with ``batch_id=i``. ``on_call`` receives the call object
+        (to cancel the stream from another thread).
+        """
         self._build(pb.GetShardRequest, shard=shard)  # refuse a bad shard number before streaming
+        address = self.locate(shard)
         requests = (
             self._build(
                 pb.WriteRequest,
@@ -151,7 +321,10 @@ class CacheClient:
             for i, batch in enumerate(batches)
         )
         try:
-            yield from self._stub.Write(requests, metadata=self._metadata, timeout=self.stream_timeout)
+            call = self._stub(address).Write(requests, metadata=self._metadata, timeout=self.stream_timeout)
+            if on_call is not None:
+                on_call(call)
+            yield from call
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -164,23 +337,63 @@ class CacheClient:
         window: tuple[int, int] | None = None,
         max_message_bytes: int = 1 << 20,
     ) -> Iterator[tuple[int, bytes]]:
-        """``(seq, record)`` for explicit ``seqs`` (in order) or for ``[start, end)`` ``ranges``."""
-        request = self._build(
+        """``(seq, record)`` for explicit ``seqs`` (in order) or for ``[start, end)`` ``ranges``.
+
+        A stream broken by a transient error resumes after the last record delivered.
+        """
+        pending_seqs = [int(s) for s in seqs or ()]
+        pending_ranges = [(int(a), int(b)) for a, b in ranges or ()]
+        request = self._read_request(shard, pending_seqs, pending_ranges, window, max_message_bytes)
+        address = self.locate(shard)
+        failures = 0
+        while True:
+            delivered = 0
+            try:
+                try:
+                    stream = self._stub(address).Read(request, metadata=self._metadata, timeout=self.stream_timeout)
+                    for response in stream:
+                        for record in response.records:
+                            yield record.seq, record.data
+                            delivered += 1
+                            last = record.seq
+                    return
+                except grpc.RpcError as exc:
+                    raise from_rpc_error(exc) from None
+            except _READ_RETRYABLE:
+                failures = 0 if delivered else failures + 1
+                if failures > self.retries:
+                    raise
+                time.sleep(min(self.backoff * 2 ** max(failures - 1, 0), 2.0))
+                if delivered:  # resume after the last record delivered
+                    if pending_seqs:
+                        pending_seqs = pending_seqs[delivered:]
+                        if not pending_seqs:
+                            return
+                    else:
+                        while pending_ranges and not pending_ranges[0][0] <= last < pending_ranges[0][1]:
+                            pending_ranges.pop(0)
+                        pending_ranges[0] = (last + 1, pending_ranges[0][1])
+                    request = self._read_request(shard, pending_seqs, pending_ranges, window, max_message_bytes)
+
+    def _read_request(
+        self,
+        shard: int,
+        seqs: list[int],
+        ranges: list[tuple[int, int]],
+        window: tuple[int, int] | None,
+        max_message_bytes: int,
+    ) -> pb.ReadRequest:
+        request: pb.ReadRequest = self._build(
             pb.ReadRequest,
             shard=shard,
             max_message_bytes=max_message_bytes,
-            seqs=list(seqs or ()),
-            ranges=[self._build(pb.SeqRange, start=a, end=b) for a, b in ranges or ()],
+            seqs=seqs,
+            ranges=[self._build(pb.SeqRange, start=a, end=b) for a, b in ranges],
             has_window=window is not None,
             window_start=window[0] if window else 0,
             window_end=window[1] if window else 0,
         )
-        try:
-            for response in self._stub.Read(request, metadata=self._metadata, timeout=self.stream_timeout):
-                for record in response.records:
-                    yield record.seq, record.data
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return request
 
 
 def _batched(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:

@@ -36,6 +36,7 @@ MUTATING_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CreateShard
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
 MAX_READ_SEQS = 1 << 16  # per Read request (a hostile list cannot pin a worker for long)
 MAX_READ_RANGES = 1 << 12
+LIST_SEQS_RUNS = 1 << 15  # runs per ListSeqs message (16 bytes each at most: well under 1 MiB)
 
 
 class LogitCacheService(pb_grpc.LogitCacheServicer):
@@ -184,6 +185,14 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             return records.slice_positions(data, *window)
         except ValueError as exc:
             raise InvalidRequestError(f"seq {seq}: {exc}") from exc
+
+    def ListSeqs(self, request: pb.ListSeqsRequest, context: grpc.ServicerContext) -> Iterator[pb.ListSeqsResponse]:
+        try:
+            shard = self.store.get(request.shard)
+            for runs in shard.seq_runs(LIST_SEQS_RUNS):
+                yield pb.ListSeqsResponse(runs=[pb.SeqRange(start=a, end=b) for a, b in runs])
+        except Exception as exc:
+            self._fail(context, exc)
 
     def GetStats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
         s = self.stats

@@ -470,19 +470,41 @@ class Shard:
                 found = cursor.next()
         return out
 
+    def seq_runs(self, chunk: int = 1 << 16) -> Iterator[list[tuple[int, int]]]:
+        """The stored seqs as maximal ``[start, end)`` runs of consecutive seqs, ascending, ``chunk`` runs at a time.
+
+        One key-only cursor scan in one read transaction: a consistent snapshot of the shard.
+        """
+        runs: list[tuple[int, int]] = []
+        start = end = -1
+        with self._gate.shared(), self._env.begin(db=self._records) as txn:
+            for key in txn.cursor().iternext(keys=True, values=False):
+                seq = _KEY.unpack(key)[0]
+                if seq != end:
+                    if end >= 0:
+                        runs.append((start, end))
+                        if len(runs) == chunk:
+                            yield runs
+                            runs = []
+                    start = seq
+                end = seq + 1
+        if end >= 0:
+            runs.append((start, end))
+        if runs:
+            yield runs
+
     def gaps(self, limit: int) -> tuple[int, list[tuple[int, int]]]:
         """Seqs missing between the first and the last stored: ``(count, up to limit [start, end) ranges)``."""
         missing = 0
         ranges: list[tuple[int, int]] = []
-        previous: int | None = None
-        with self._gate.shared(), self._env.begin(db=self._records) as txn:
-            for key in txn.cursor().iternext(keys=True, values=False):
-                seq = _KEY.unpack(key)[0]
-                if previous is not None and seq > previous + 1:
-                    missing += seq - previous - 1
+        previous_end: int | None = None
+        for runs in self.seq_runs():
+            for start, end in runs:
+                if previous_end is not None:
+                    missing += start - previous_end
                     if len(ranges) < limit:
-                        ranges.append((previous + 1, seq))
-                previous = seq
+                        ranges.append((previous_end, start))
+                previous_end = end
         return missing, ranges
 
     def stats(self) -> ShardInfo:

@@ -64,6 +64,11 @@ class LogitCacheStub:
                 request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadRequest.SerializeToString,
                 response_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadResponse.FromString,
                 _registered_method=True)
+        self.ListSeqs = channel.unary_stream(
+                '/logitcache.v1.LogitCache/ListSeqs',
+                request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsRequest.SerializeToString,
+                response_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/logitcache.v1.LogitCache/GetStats',
                 request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
@@ -110,6 +115,12 @@ class LogitCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSeqs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +159,11 @@ def add_LogitCacheServicer_to_server(servicer, server):
                     servicer.Read,
                     request_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadRequest.FromString,
                     response_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadResponse.SerializeToString,
+            ),
+            'ListSeqs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListSeqs,
+                    request_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsRequest.FromString,
+                    response_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -317,6 +333,33 @@ class LogitCache:
             '/logitcache.v1.LogitCache/Read',
             logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadRequest.SerializeToString,
             logitcache_dot_proto_dot_v1_dot_cache__pb2.ReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSeqs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/logitcache.v1.LogitCache/ListSeqs',
+            logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsRequest.SerializeToString,
+            logitcache_dot_proto_dot_v1_dot_cache__pb2.ListSeqsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,165 @@
+"""Benchmark: the training loader and the teacher writer against their baselines, over loopback.
+
+1. Realistic records: T = 2048, V = 128256, N = 50 multinomial rounds on LM-like logits
+   (``logitcache.synthetic``, ~13 unique tokens per position); a few distinct target sets, each
+   record with its own random input ids. They are written to a real server process
+   (``logitcache serve``) on this machine.
+2. Loader: ``SparseKDLoader`` (shuffled order, batch 8, prefetch thread, CPU tensors) delivers one
+   epoch to a consumer that does nothing. Baseline: the raw ``Read`` stream of the same records as
+   bytes (one range request). Each is timed ``--repeats`` times; the best run counts.
+3. Writer: ``CacheWriter.write`` on teacher logits ``[B, T, V]`` (CPU) against ``sample()`` alone on
+   the same logits. ``writer_overhead_vs_sampling`` is the time ``write`` took on the caller's thread
+   divided by the time sampling alone took; ``writer_positions_per_s`` is positions acknowledged per
+   second from the first ``write`` to the end of ``close``.
+
+The last line printed is one JSON object. Run: ``python benchmarks/bench_loader.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from logitcache import records
+from logitcache.client import CacheClient, SparseKDLoader
+from logitcache.manifest import ShardManifest
+from logitcache.sampling import SamplerConfig, SparseTargets, sample, sample_random
+from logitcache.synthetic import lm_like_logits
+from logitcache.writer import CacheWriter
+
+
+def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(data_dir), "--grpc", "127.0.0.1:0",
+         "--http", "off", "--log-level", "INFO"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if time.monotonic() > deadline:
+            break
+        found = re.search(r"serving grpc://[\d.]+:(\d+)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, int(found.group(1))
+    raise RuntimeError("server did not start")
+
+
+def _best(runs: int, fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1024, help="records in the loader's shard")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--vocab-size", type=int, default=128256)
+    parser.add_argument("--distinct", type=int, default=4, help="distinct target sets to sample")
+    parser.add_argument("--batch-size", type=int, default=8, help="loader batch (sequences)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--writer-batch", type=int, default=4, help="sequences per write() call")
+    parser.add_argument("--writer-seq-len", type=int, default=256)
+    parser.add_argument("--writer-calls", type=int, default=8)
+    args = parser.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    pool: list[SparseTargets] = []
+    for _ in range(args.distinct):
+        logits = lm_like_logits(args.seq_len, args.vocab_size, generator=gen)
+        pool.append(sample_random(logits, 50, generator=gen))
+        del logits
+    unique = sum(t.num_entries for t in pool) / (len(pool) * args.seq_len)
+    items = [
+        (seq, records.encode(torch.randint(0, args.vocab_size, (args.seq_len,), generator=gen), pool[seq % len(pool)]))
+        for seq in range(args.records)
+    ]
+    positions = args.records * args.seq_len
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = _start_server(Path(tmp))
+        try:
+            client = CacheClient(f"127.0.0.1:{port}", timeout=120)
+            manifest = ShardManifest(vocab_size=args.vocab_size, method="sampled", rounds=50, seq_len=args.seq_len)
+            client.create_shard(0, manifest)
+            client.write(0, items)
+
+            def raw() -> float:
+                started = time.perf_counter()
+                got = sum(records.peek_positions(data) for _, data in client.read(0, ranges=[(0, args.records)]))
+                assert got == positions
+                return time.perf_counter() - started
+
+            loader = SparseKDLoader(client, [0], batch_size=args.batch_size, seed=0)
+            widest = 0
+
+            def load() -> float:
+                nonlocal widest
+                started = time.perf_counter()
+                got = 0
+                for batch in loader:
+                    got += batch.num_positions
+                    widest = max(widest, batch.target_ids.shape[2])
+                assert got == positions
+                return time.perf_counter() - started
+
+            raw_s = _best(args.repeats, raw)
+            load_s = _best(args.repeats, load)
+
+            # the writer: time in write() against sampling alone, same logits
+            b, t, v = args.writer_batch, args.writer_seq_len, args.vocab_size
+            calls = [
+                (torch.randint(0, v, (b, t), generator=gen), lm_like_logits(b * t, v, generator=gen).reshape(b, t, v))
+                for _ in range(args.writer_calls)
+            ]
+            config = SamplerConfig(rounds=50)
+            sample(calls[0][1].reshape(b * t, v), config)  # warm-up
+            writer = CacheWriter(client, 1, config, vocab_size=v, seq_len=t)
+            sampling_s = 0.0
+            started = time.perf_counter()
+            for i, (ids, logits) in enumerate(calls):  # interleaved: both see the same machine state
+                before = time.perf_counter()
+                sample(logits.reshape(b * t, v), config, torch.Generator().manual_seed(i))
+                sampling_s += time.perf_counter() - before
+                writer.write(range(i * b, (i + 1) * b), ids, logits)
+            in_write_s = writer.stats().seconds_in_write
+            writer.close()
+            writer_s = time.perf_counter() - started - sampling_s
+            writer_stats = writer.stats()
+            assert writer_stats.positions_acked == args.writer_calls * b * t
+            client.close()
+        finally:
+            proc.kill()
+            proc.wait()
+
+    result = {
+        "records": args.records,
+        "seq_len": args.seq_len,
+        "vocab_size": args.vocab_size,
+        "unique_per_position": round(unique, 2),
+        "batch_size": args.batch_size,
+        "widest_k": widest,
+        "raw_stream_positions_per_s": round(positions / raw_s),
+        "loader_positions_per_s": round(positions / load_s),
+        "ratio_loader_vs_raw": round(raw_s / load_s, 3),
+        "writer_positions_per_s": round(writer_stats.positions_acked / writer_s),
+        "writer_bytes_per_position": round(writer_stats.bytes_per_position, 2),
+        "sampling_positions_per_s": round(args.writer_calls * b * t / sampling_s),
+        "writer_overhead_vs_sampling": round(in_write_s / sampling_s, 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

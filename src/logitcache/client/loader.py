@@ -1,0 +1,485 @@
+"""The training-side loader: cached sparse targets as padded torch batches, rank-aware and resumable.
+
+::
+
+    client = CacheClient(["cache-0:50051", "cache-1:50051"])
+    loader = SparseKDLoader(client, shards=[0, 1, 2, 3], batch_size=8, seed=0, device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            logits = student(batch.input_ids).logits                       # [B, T, V]
+            loss = sparse_kd_loss(logits.flatten(0, 1), batch.target_ids.flatten(0, 1),
+                                  batch.target_probs.flatten(0, 1), labels=batch.labels.flatten())
+
+**Order.** At construction the loader lists every seq of ``shards`` (one snapshot) and numbers the
+``(shard, seq)`` pairs, shard by shard in the order given, seqs ascending. Epoch ``e`` visits them in
+a permutation that is a function of ``(seed, e)`` only (``shuffle=False``: in that numbering).
+
+**Partition.** Global step ``i`` takes the next ``world_size · batch_size`` items of the order;
+rank ``r`` gets the ``r``-th run of ``batch_size`` of them. The tail that does not fill a global step is
+dropped with ``drop_last`` (every rank then yields the same number of full batches, as DDP needs);
+otherwise it is split evenly across ranks (each rank's last batch may be smaller, and ranks may
+differ by one batch). Under a ``DataLoader`` with workers (``batch_size=None``), worker ``w`` of
+``W`` builds the rank's batches ``w, w + W, ...``, so the DataLoader's round-robin yields them in
+order. Every ``(shard, seq)`` is yielded exactly once per epoch across all ranks and workers.
+
+**Resume.** ``state_dict()`` is a few integers and a fingerprint of the seed, the shard set and
+the seqs: ``load_state_dict`` makes the next iteration start at the first batch not yet consumed
+and refuses (:class:`LoaderStateError`) a state from a different seed, shard set, batch size,
+world size or ordering. With DataLoader workers the loader object in the main process does not see
+what was consumed: pass ``state_dict(batches_done=batch.batch_index + 1)``.
+
+**Prefetch.** A background thread reads ahead over gRPC (one ``Read`` per shard for the next
+``read_ahead`` batches), decodes, pads into (pinned) host tensors and, with ``device``, copies them
+to the device on a side stream; up to ``prefetch`` batches wait ready. An exception in the thread
+is raised in the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import xxhash
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from logitcache import records
+from logitcache.client.grpc_client import CacheClient
+
+__all__ = [
+    "AlignmentError",
+    "LoaderStateError",
+    "SparseKDBatch",
+    "SparseKDLoader",
+    "plan_batches",
+    "verify_alignment",
+    "worker_share",
+]
+
+_STATE_VERSION = 1
+_POLL = 0.05
+
+
+class LoaderStateError(ValueError):
+    """A loader state that does not belong to this loader (different seed, shards, ...)."""
+
+
+class AlignmentError(ValueError):
+    """The caller's token ids are not the ones the cached targets were computed on."""
+
+
+@dataclass
+class SparseKDBatch:
+    """One batch, padded. Targets at position ``t`` are the teacher's distribution for token ``t + 1``."""
+
+    input_ids: Tensor  # [B, T] int64
+    labels: Tensor  # [B, T] int64: input_ids shifted left, ignore_index at the end and at padding
+    target_ids: Tensor  # [B, T, K] int64, -1 = padding (K = the batch's widest position)
+    target_probs: Tensor  # [B, T, K] float32, 0 at padding
+    attention_mask: Tensor  # [B, T] bool: False where a shorter record was padded
+    shards: Tensor  # [B] int64
+    seqs: Tensor  # [B] int64 (seq ids below 2**63)
+    input_hashes: list[int]  # the records' xxh64 of their input ids (see verify_alignment)
+    epoch: int
+    batch_index: int  # this rank's batch number within the epoch
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> SparseKDBatch:
+        moved = {name: t.to(device, non_blocking=non_blocking) for name, t in self._tensors().items()}
+        return SparseKDBatch(**{**self.__dict__, **moved})
+
+    def pin_memory(self) -> SparseKDBatch:
+        """For ``DataLoader(pin_memory=True)``."""
+        return SparseKDBatch(**{**self.__dict__, **{n: t.pin_memory() for n, t in self._tensors().items()}})
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def plan_batches(
+    num_items: int,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> list[npt.NDArray[np.int64]]:
+    """Rank ``rank``'s batches of epoch ``epoch``: arrays of indices into the item numbering."""
+    if num_items < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"expected num_items >= 0, batch_size >= 1, 0 <= rank < world_size; "
+            f"got {num_items}, {batch_size}, {rank}, {world_size}"
+        )
+    if shuffle:
+        order = np.random.default_rng([seed & (2**64 - 1), epoch]).permutation(num_items)
+    else:
+        order = np.arange(num_items)
+    step = world_size * batch_size
+    full = num_items // step
+    batches = [order[i * step + rank * batch_size : i * step + (rank + 1) * batch_size] for i in range(full)]
+    tail = num_items - full * step
+    if tail and not drop_last:
+        # split the tail into world_size nearly equal runs (each at most batch_size long)
+        bounds = [full * step + (tail * r) // world_size for r in range(world_size + 1)]
+        last = order[bounds[rank] : bounds[rank + 1]]
+        if last.size:
+            batches.append(last)
+    return [b.astype(np.int64, copy=False) for b in batches]
+
+
+def worker_share(num_batches: int, start: int, worker: int = 0, num_workers: int = 1) -> range:
+    """The batch numbers DataLoader worker ``worker`` of ``num_workers`` builds, from batch ``start`` on.
+
+    Worker ``w`` takes ``start + w, start + w + W, ...``: the DataLoader's round-robin over workers
+    then yields the batches in order.
+    """
+    return range(start + worker, num_batches, num_workers)
+
+
+def _default_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class SparseKDLoader(IterableDataset[SparseKDBatch]):
+    """Batches of cached sparse targets for one rank (see the module docstring).
+
+    ``rank`` / ``world_size`` default to ``torch.distributed`` when it is initialised, else to the
+    ``RANK`` / ``WORLD_SIZE`` variables ``torchrun`` sets, else to a single process.
+    """
+
+    def __init__(
+        self,
+        client: CacheClient,
+        shards: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        prefetch: int = 4,
+        read_ahead: int = 8,
+        device: torch.device | str | None = None,
+        pin_memory: bool | None = None,
+        ignore_index: int = -100,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if rank is None or world_size is None:
+            default_rank, default_world = _default_rank()
+            rank = default_rank if rank is None else rank
+            world_size = default_world if world_size is None else world_size
+        if not shards or len(set(shards)) != len(shards):
+            raise ValueError(f"shards: expected distinct shard ids, got {list(shards)}")
+        if batch_size < 1 or prefetch < 1 or read_ahead < 1:
+            raise ValueError(
+                f"batch_size, prefetch, read_ahead: expected >= 1, got {batch_size}, {prefetch}, {read_ahead}"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+        self.client = client
+        self.shards = [int(s) for s in shards]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.read_ahead = read_ahead
+        self.device = None if device is None else torch.device(device)
+        self.pin_memory = self.device is not None and self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.ignore_index = ignore_index
+        self.normalize = normalize
+        digest = xxhash.xxh64()
+        parts_shard, parts_seq = [], []
+        for shard in self.shards:
+            seqs = client.list_seqs(shard)
+            digest.update(np.array([shard, seqs.size], dtype=np.uint64).tobytes())
+            digest.update(seqs.tobytes())
+            parts_shard.append(np.full(seqs.size, shard, dtype=np.int64))
+            parts_seq.append(seqs)
+        self._item_shard = np.concatenate(parts_shard)
+        self._item_seq = np.concatenate(parts_seq)
+        self.fingerprint = digest.hexdigest()
+        self._start = 0  # first batch of the next iteration (set by load_state_dict)
+        self._batches_done = 0
+
+    # ----------------------------------------------------------------- order and state
+
+    @property
+    def num_items(self) -> int:
+        """``(shard, seq)`` pairs over all ranks."""
+        return int(self._item_seq.size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s order for the next iteration (from its first batch)."""
+        self.epoch = epoch
+        self._start = self._batches_done = 0
+
+    def _plan(self) -> list[npt.NDArray[np.int64]]:
+        return plan_batches(
+            self.num_items,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+        )
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch."""
+        return len(self._plan())
+
+    def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "batches_done": self._batches_done if batches_done is None else batches_done,
+            "fingerprint": self.fingerprint,
+            "shards": list(self.shards),
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the next iteration starts at its first unconsumed batch."""
+        mine = self.state_dict()
+        if state.get("version") != _STATE_VERSION:
+            raise LoaderStateError(f"version: expected {_STATE_VERSION}, got {state.get('version')!r}")
+        for key in ("seed", "shards", "fingerprint", "batch_size", "world_size", "shuffle", "drop_last"):
+            if state.get(key) != mine[key]:
+                what = "the shards' seqs changed since" if key == "fingerprint" else f"{key} differs from"
+                raise LoaderStateError(
+                    f"{key}: {what} the saved state (saved {state.get(key)!r}, this loader has {mine[key]!r})"
+                )
+        done = state.get("batches_done")
+        if not isinstance(done, int) or done < 0:
+            raise LoaderStateError(f"batches_done: expected an integer >= 0, got {done!r}")
+        self.epoch = int(state["epoch"])
+        self._start = self._batches_done = done
+
+    # ----------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[SparseKDBatch]:
+        info = get_worker_info()
+        plan = self._plan()
+        start = self._batches_done = self._start
+        if info is None:
+            mine = worker_share(len(plan), start)
+            device = self.device
+        else:  # a DataLoader worker: CPU tensors (the DataLoader pins them)
+            mine = worker_share(len(plan), start, info.id, info.num_workers)
+            device = None
+        jobs = [(index, plan[index]) for index in mine]
+        producer = _Prefetcher(self, jobs, device, pin=self.pin_memory and info is None)
+        try:
+            for batch in producer:
+                if info is None:
+                    self._batches_done = batch.batch_index + 1
+                yield batch
+            if info is None:  # the epoch is done: a new iteration repeats it unless set_epoch says otherwise
+                self._start, self._batches_done = 0, len(plan)
+        finally:
+            producer.stop()
+
+    def _read_batches(self, jobs: list[tuple[int, npt.NDArray[np.int64]]]) -> Iterator[SparseKDBatch]:
+        """Batches for ``jobs`` in order, reading ``read_ahead`` batches per round of ``Read`` calls."""
+        for at in range(0, len(jobs), self.read_ahead):
+            group = jobs[at : at + self.read_ahead]
+            wanted = np.concatenate([items for _, items in group])
+            data: dict[tuple[int, int], bytes] = {}
+            for shard in np.unique(self._item_shard[wanted]):
+                seqs = self._item_seq[wanted[self._item_shard[wanted] == shard]]
+                for seq, record in self.client.read(int(shard), seqs=seqs.tolist()):
+                    data[(int(shard), seq)] = record
+            for index, items in group:
+                keys = [(int(self._item_shard[i]), int(self._item_seq[i])) for i in items]
+                yield self._assemble(index, keys, [data[k] for k in keys])
+
+    def _assemble(self, index: int, keys: list[tuple[int, int]], blobs: list[bytes]) -> SparseKDBatch:
+        decoded = [records.decode(blob) for blob in blobs]
+        b = len(decoded)
+        lengths = np.array([r.header.num_positions for r in decoded], dtype=np.int64)
+        t = int(lengths.max())
+        counts = np.zeros((b, t), dtype=np.int64)
+        for row, r in enumerate(decoded):
+            counts[row, : lengths[row]] = np.diff(r.offsets)
+        k = int(counts.max())
+        pin = self.pin_memory
+        input_ids = _empty((b, t), torch.int64, pin)
+        labels = _empty((b, t), torch.int64, pin)
+        target_ids = _empty((b, t, k), torch.int64, pin)
+        target_probs = _empty((b, t, k), torch.float32, pin)
+        mask = _empty((b, t), torch.bool, pin)
+        ids_np, labels_np, mask_np = input_ids.numpy(), labels.numpy(), mask.numpy()
+        ids_np.fill(0)
+        labels_np.fill(self.ignore_index)
+        mask_np[:] = np.arange(t)[None, :] < lengths[:, None]
+        for row, r in enumerate(decoded):
+            n = lengths[row]
+            ids_np[row, :n] = r.input_ids
+            labels_np[row, : n - 1] = r.input_ids[1:]
+        filled = np.arange(k)[None, None, :] < counts[:, :, None]  # ragged entries, row-major = record order
+        tid = target_ids.numpy()
+        tid.fill(-1)
+        tid[filled] = np.concatenate([r.token_ids for r in decoded])
+        tp = target_probs.numpy()
+        tp.fill(0)
+        tp[filled] = np.concatenate([_probs(r, self.normalize) for r in decoded])
+        return SparseKDBatch(
+            input_ids=input_ids,
+            labels=labels,
+            target_ids=target_ids,
+            target_probs=target_probs,
+            attention_mask=mask,
+            shards=torch.tensor([s for s, _ in keys], dtype=torch.int64),
+            seqs=torch.tensor([q if q < 2**63 else -1 for _, q in keys], dtype=torch.int64),
+            input_hashes=[r.header.input_hash for r in decoded],
+            epoch=self.epoch,
+            batch_index=index,
+        )
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+
+
+def _probs(record: records.Record, normalize: bool) -> npt.NDArray[np.float32]:
+    """Each entry's target probability (as ``SparseTargets.target_probs``), in numpy."""
+    h = record.header
+    if h.kind == "topk":
+        return record.values.astype(np.float32, copy=False)
+    mass = record.values.astype(np.float32)
+    if record.weights is None:
+        return mass / np.float32(h.rounds)
+    mass *= record.weights
+    if not normalize:
+        return mass / np.float32(h.rounds)
+    totals = np.add.reduceat(mass, record.offsets[:-1]) if mass.size else mass
+    out: npt.NDArray[np.float32] = mass / np.repeat(totals, np.diff(record.offsets))
+    return out
+
+
+class _Prefetcher:
+    """Runs ``loader._read_batches(jobs)`` in a thread, ``prefetch`` batches ahead."""
+
+    def __init__(
+        self,
+        loader: SparseKDLoader,
+        jobs: list[tuple[int, npt.NDArray[np.int64]]],
+        device: torch.device | None,
+        *,
+        pin: bool,
+    ) -> None:
+        self._loader = loader
+        self._jobs = jobs
+        self._device = device
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=loader.prefetch)
+        self._stop = threading.Event()
+        self._cuda = device is not None and device.type == "cuda"
+        self._side_stream = torch.cuda.Stream(device) if self._cuda else None
+        self._thread = threading.Thread(target=self._run, name="logitcache-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for batch in self._loader._read_batches(self._jobs):
+                event = None
+                if self._side_stream is not None:
+                    with torch.cuda.stream(self._side_stream):
+                        batch = batch.to(self._device, non_blocking=True)  # type: ignore[arg-type]
+                        event = torch.cuda.Event()
+                        event.record()
+                elif self._device is not None:
+                    batch = batch.to(self._device)
+                if not self._put((batch, event)):
+                    return
+            self._put(_END)
+        except BaseException as exc:
+            self._put(_Failure(exc))
+
+    def __iter__(self) -> Iterator[SparseKDBatch]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            batch, event = item
+            if event is not None:  # the side-stream copies finish before the caller's stream uses them
+                current = torch.cuda.current_stream(self._device)
+                current.wait_event(event)
+                for tensor in batch._tensors().values():
+                    tensor.record_stream(current)
+            yield batch
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def verify_alignment(input_ids: Tensor | npt.ArrayLike, batch: SparseKDBatch) -> None:
+    """Raise :class:`AlignmentError` unless ``input_ids [B, T]`` are the ids ``batch``'s targets belong to.
+
+    Compares each row's xxh64 with the hash stored in its record's header; the error names the
+    shard and seq and the first differing position.
+    """
+    ids = input_ids.detach().cpu().numpy() if isinstance(input_ids, Tensor) else np.asarray(input_ids)
+    if ids.ndim != 2 or ids.shape[0] != len(batch.input_hashes):
+        raise AlignmentError(f"input_ids: expected shape [B={len(batch.input_hashes)}, T], got {list(ids.shape)}")
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    for row, expected in enumerate(batch.input_hashes):
+        shard, seq = int(batch.shards[row]), int(batch.seqs[row])
+        n = int(lengths[row])
+        mine = ids[row, :n] if ids.shape[1] >= n else ids[row]
+        if ids.shape[1] < n or records.input_ids_hash(mine) != expected:
+            stored = batch.input_ids[row, :n].cpu().numpy()
+            if mine.shape[0] != n:
+                where = f"the record has {n} positions, the caller's row has {ids.shape[1]}"
+            else:
+                diff = np.flatnonzero(mine != stored)
+                at = int(diff[0]) if diff.size else 0
+                where = f"first difference at position {at}: caller has {int(mine[at])}, record has {int(stored[at])}"
+            raise AlignmentError(f"shard {shard} seq {seq}: token ids do not match the cached record ({where})")

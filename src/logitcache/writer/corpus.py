@@ -1,0 +1,214 @@
+"""The teacher's input: a token corpus cut into fixed-length sequences, and the tokenizer's fingerprint.
+
+:func:`load_sequences` turns a corpus file into an integer array of shape ``[n_seqs, seq_len]``:
+sequence ``i`` is tokens ``[i * seq_len, (i + 1) * seq_len)`` of the corpus, and the trailing
+remainder shorter than ``seq_len`` is dropped, in every format. The format follows the extension:
+
+``.bin``
+    Flat raw token ids with no header, native byte order, as nanoGPT's ``prepare.py`` writes them
+    (``np.array(ids, dtype=np.uint16).tofile(path)``). ``token_dtype`` names the element type,
+    ``"uint16"`` (vocabularies up to 65,536) or ``"uint32"``; the file's size must be a multiple of
+    it. The result is a read-only view of a memory map: nothing is copied, so a corpus far larger
+    than memory costs only the pages a reader touches.
+``.npy``
+    A NumPy array of any integer dtype: 1-d (flat tokens, cut like ``.bin``) or 2-d
+    ``[n_seqs, seq_len]`` (already cut; its second dimension must equal ``seq_len``). Loaded with
+    ``mmap_mode="r"``, so it too is a read-only, memory-mapped view. Values are not range-checked.
+``.jsonl``
+    One JSON object per line with a string field ``text_key`` (``"text"``); blank lines are skipped.
+    The documents are tokenized with the given tokenizer (no special tokens added), joined with the
+    tokenizer's ``eos_token_id`` between consecutive documents when it has one, and cut. This one is
+    built in memory, as ``uint32``.
+
+Every problem with the file or the arguments raises :class:`CorpusError` (a ``ValueError``) whose
+message names the file and what is wrong (for ``.jsonl``, the line number).
+
+:func:`tokenizer_fingerprint` identifies a tokenizer's vocabulary and rules, so that a cache shard
+can record which token ids its records were computed on, and a student can refuse ids from another
+tokenizer (the manifest's ``tokenizer_fingerprint``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+__all__ = ["TOKEN_DTYPES", "CorpusError", "load_sequences", "tokenizer_fingerprint"]
+
+TOKEN_DTYPES = ("uint16", "uint32")  # the element types a .bin corpus may have
+_NPY_MAGIC = b"\x93NUMPY"
+_JSONL_BATCH = 1024  # documents tokenized per tokenizer call
+
+
+class CorpusError(ValueError):
+    """A corpus file, or an argument of :func:`load_sequences`, is unusable; the message says why."""
+
+
+def load_sequences(
+    path: Path | str,
+    seq_len: int,
+    *,
+    tokenizer: Any | None = None,
+    token_dtype: str = "uint16",
+    text_key: str = "text",
+) -> np.ndarray:
+    """The corpus at ``path`` as ``[n_seqs, seq_len]`` token ids (see the module docstring for formats).
+
+    ``tokenizer`` (a Hugging Face tokenizer) is needed for ``.jsonl`` only; ``token_dtype`` applies to
+    ``.bin`` only; ``text_key`` to ``.jsonl`` only. ``.bin`` and ``.npy`` give read-only views of a
+    memory map (no copy); ``.jsonl`` gives a new ``uint32`` array. ``n_seqs >= 1``: a corpus shorter
+    than one sequence is an error.
+    """
+    path = Path(path)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int | np.integer) or seq_len < 1:
+        raise CorpusError(f"{path}: seq_len must be an integer >= 1, got {seq_len!r}")
+    seq_len = int(seq_len)
+    if token_dtype not in TOKEN_DTYPES:
+        raise CorpusError(f"{path}: token_dtype must be one of {TOKEN_DTYPES}, got {token_dtype!r}")
+    suffix = path.suffix.lower()
+    if suffix not in (".bin", ".npy", ".jsonl"):
+        raise CorpusError(
+            f"{path}: unknown corpus format {suffix or '(no extension)'!r}; expected .bin, .npy or .jsonl"
+        )
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    if suffix == ".bin":
+        return _load_bin(path, seq_len, np.dtype(token_dtype))
+    if suffix == ".npy":
+        return _load_npy(path, seq_len)
+    if tokenizer is None:
+        raise CorpusError(f"{path}: a .jsonl corpus needs a tokenizer")
+    return _load_jsonl(path, seq_len, tokenizer, text_key)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """``"xxh64:<16 hex digits>"``, identifying ``tokenizer``'s vocabulary and rules.
+
+    For a fast Hugging Face tokenizer (or a bare ``tokenizers.Tokenizer``) it hashes the backend's
+    full serialization (``tokenizer.json``: vocabulary, merges, added tokens, normalizer,
+    pre-tokenizer, post-processor, decoder), without the truncation and padding settings, which a
+    call such as ``tokenizer(texts, truncation=True)`` leaves behind and which do not change the ids
+    of a text. Otherwise it hashes the sorted vocabulary (``get_vocab()``). The same tokenizer saved
+    and reloaded gives the same fingerprint.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None and callable(getattr(tokenizer, "to_str", None)):
+        backend = tokenizer  # a tokenizers.Tokenizer
+    if backend is not None:
+        spec: str = backend.to_str()
+        if backend.truncation is not None or backend.padding is not None:
+            clean = type(backend).from_str(spec)  # leave the caller's tokenizer as it is
+            clean.no_truncation()
+            clean.no_padding()
+            spec = clean.to_str()
+        payload = spec.encode()
+    elif callable(getattr(tokenizer, "get_vocab", None)):
+        payload = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    else:
+        raise TypeError(f"tokenizer_fingerprint: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    return "xxh64:" + xxhash.xxh64(payload).hexdigest()
+
+
+def _cut(flat: np.ndarray, seq_len: int, path: Path) -> np.ndarray:
+    """``flat`` [T] as [T // seq_len, seq_len], a view; the remainder is dropped."""
+    n_seqs = flat.shape[0] // seq_len
+    if n_seqs == 0:
+        raise CorpusError(f"{path}: the corpus has {flat.shape[0]} tokens, shorter than one sequence of {seq_len}")
+    return flat[: n_seqs * seq_len].reshape(n_seqs, seq_len)
+
+
+def _load_bin(path: Path, seq_len: int, dtype: np.dtype[Any]) -> np.ndarray:
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise CorpusError(
+            f"{path}: {size} bytes is not a whole number of {dtype.name} tokens ({dtype.itemsize} bytes each); "
+            "is token_dtype right?"
+        )
+    n_tokens = size // dtype.itemsize
+    if n_tokens < seq_len:  # also keeps np.memmap away from an empty file, which it cannot map
+        raise CorpusError(f"{path}: the corpus has {n_tokens} tokens, shorter than one sequence of {seq_len}")
+    flat = np.memmap(path, dtype=dtype, mode="r", shape=(n_tokens,))
+    return _cut(np.asarray(flat), seq_len, path)  # a plain ndarray view; the map stays alive as its base
+
+
+def _load_npy(path: Path, seq_len: int) -> np.ndarray:
+    with path.open("rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise CorpusError(f"{path}: not a .npy file (no NumPy header)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{path}: cannot read the array: {e}") from e
+    if array.dtype.kind not in "iu":
+        raise CorpusError(f"{path}: token ids must be integers, got dtype {array.dtype}")
+    array = np.asarray(array)
+    if array.ndim == 1:
+        return _cut(array, seq_len, path)
+    if array.ndim == 2:
+        if array.shape[1] != seq_len:
+            raise CorpusError(f"{path}: a 2-d corpus must have shape [n, {seq_len}], got {list(array.shape)}")
+        if array.shape[0] == 0:
+            raise CorpusError(f"{path}: the corpus has 0 sequences, shorter than one sequence of {seq_len}")
+        return array
+    raise CorpusError(f"{path}: expected a 1-d or 2-d array, got shape {list(array.shape)}")
+
+
+def _load_jsonl(path: Path, seq_len: int, tokenizer: Any, text_key: str) -> np.ndarray:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    separator = np.array([] if eos is None else [eos], dtype=np.uint32)
+    pieces: list[np.ndarray] = []
+    for batch in _batches(_documents(path, text_key), _JSONL_BATCH):
+        for ids in _encode(tokenizer, batch):
+            if pieces:
+                pieces.append(separator)
+            pieces.append(np.asarray(ids, dtype=np.uint32))
+    if not pieces:
+        raise CorpusError(f"{path}: no documents, shorter than one sequence of {seq_len}")
+    return _cut(np.concatenate(pieces), seq_len, path)
+
+
+def _documents(path: Path, text_key: str) -> Iterator[str]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}: line {lineno}: not UTF-8 ({e})") from e
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}: line {lineno}: not valid JSON ({e})") from e
+            if not isinstance(obj, dict):
+                raise CorpusError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            if text_key not in obj:
+                raise CorpusError(f"{path}: line {lineno}: no {text_key!r} field")
+            text = obj[text_key]
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}: line {lineno}: {text_key!r} must be a string, got {type(text).__name__}")
+            yield text
+
+
+def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> Sequence[Sequence[int]]:
+    """Token ids of each text, no special tokens: a Hugging Face tokenizer, or a bare ``tokenizers.Tokenizer``."""
+    if callable(tokenizer):
+        ids: Sequence[Sequence[int]] = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
+    return [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]

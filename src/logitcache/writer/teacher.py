@@ -1,0 +1,188 @@
+"""``logitcache teacher``: run a Hugging Face causal LM over a corpus and cache its sparse targets.
+
+Sequence ``i`` of the corpus (tokens ``[i·T, (i+1)·T)``, see :mod:`logitcache.writer.corpus`) is
+stored as seq ``i``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``), rank ``r`` of
+``W`` takes the contiguous slice ``[r·n/W, (r+1)·n/W)`` of the sequences and writes shard
+``--shard + r``, on ``cuda:LOCAL_RANK`` when there is a GPU: many GPUs fill the cache together and
+no two ranks touch the same shard. A rerun skips the seqs its shard already holds, so an
+interrupted job resumes where it stopped. The shard's manifest records the teacher and the
+tokenizer's fingerprint; a rerun with another teacher, tokenizer or sampler is refused by the
+server (FAILED_PRECONDITION), never mixed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from logitcache.client import CacheClient, NotFoundError
+from logitcache.sampling import METHODS, SamplerConfig
+from logitcache.writer.cache_writer import CacheWriter
+from logitcache.writer.corpus import TOKEN_DTYPES, load_sequences, tokenizer_fingerprint
+
+__all__ = ["TeacherSummary", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TeacherSummary:
+    rank: int
+    world_size: int
+    shard: int
+    sequences: int  # this rank's share of the corpus
+    skipped: int  # already stored (a rerun)
+    written: int  # records newly stored
+    positions: int  # positions acknowledged by the server
+    seconds: float
+    positions_per_s: float
+    bytes_per_position: float
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="a local Hugging Face causal LM directory")
+    parser.add_argument("--data", type=Path, required=True, help="corpus: .bin (nanoGPT), .npy or .jsonl")
+    parser.add_argument("--seq-len", type=int, default=1024, help="positions per sequence T (default 1024)")
+    parser.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="uint16", help=".bin element type")
+    parser.add_argument("--text-key", default="text", help=".jsonl: the field holding the text")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: --model)")
+    parser.add_argument(
+        "--server", action="append", help="cache server host:port; repeat for a cluster (default 127.0.0.1:50051)"
+    )
+    parser.add_argument("--auth-token", default=os.environ.get("LOGITCACHE_AUTH_TOKEN"), help="the servers' token")
+    parser.add_argument("--shard", type=int, default=0, help="shard id of rank 0; rank r writes --shard + r")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward pass")
+    parser.add_argument("--sampler", choices=METHODS, default="multinomial", help="how to sparsify")
+    parser.add_argument("--rounds", type=int, default=50, help="N draws per position (random sampling)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="proposal temperature t")
+    parser.add_argument("--top-k", type=int, default=12, help="k of --sampler topk (the baseline)")
+    parser.add_argument("--top-p", type=float, help="also truncate top-k at this mass")
+    parser.add_argument("--dtype", choices=[*DTYPES, "auto"], default="auto", help="auto: bfloat16 on CUDA")
+    parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    parser.add_argument("--limit", type=int, help="use only the first N sequences of the corpus")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (rank r uses seed + r)")
+    parser.add_argument("--teacher-name", help="the manifest's teacher (default: the model directory's name)")
+    parser.add_argument("--seal", action="store_true", help="seal the shard when every sequence is stored")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load_tokenizer(path: Path) -> Any | None:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        log.warning("no tokenizer at %s (%s): the manifest gets no tokenizer fingerprint", path, exc)
+        return None
+
+
+def run(args: argparse.Namespace) -> TeacherSummary:
+    """Run the teacher as ``args`` (from :func:`add_arguments`) say; raise on any failure."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:  # an optional dependency
+        raise RuntimeError("logitcache teacher needs transformers: pip install 'logitcache[teacher]'") from exc
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"RANK, WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE, got {rank}, {world_size}")
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError(f"--batch-size, --limit: expected >= 1, got {args.batch_size}, {args.limit}")
+    device = torch.device(
+        args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    )
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    sampler = SamplerConfig(
+        method=args.sampler, rounds=args.rounds, temperature=args.temperature, k=args.top_k, top_p=args.top_p
+    )
+
+    tokenizer = _load_tokenizer(args.tokenizer or args.model)
+    sequences = load_sequences(
+        args.data, args.seq_len, tokenizer=tokenizer, token_dtype=args.token_dtype, text_key=args.text_key
+    )
+    total = min(len(sequences), args.limit or len(sequences))
+    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    shard = args.shard + rank
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=dtype)
+    model = model.to(device).eval()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    if hi > lo:
+        top = int(np.max(sequences[lo:hi]))
+        if top >= vocab:
+            raise ValueError(f"{args.data}: token id {top} is outside the teacher's vocabulary (V={vocab})")
+
+    client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
+    try:
+        try:
+            stored = client.list_seqs(shard)
+        except NotFoundError:
+            stored = np.zeros(0, dtype=np.uint64)
+        todo = np.setdiff1d(np.arange(lo, hi, dtype=np.uint64), stored)
+        generator = torch.Generator(device).manual_seed(args.seed + rank)
+        started = time.perf_counter()
+        with CacheWriter(
+            client,
+            shard,
+            sampler,
+            vocab_size=vocab,
+            seq_len=args.seq_len,
+            teacher=args.teacher_name or args.model.resolve().name,
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
+            generator=generator,
+        ) as writer:
+            progress = _progress(len(todo) * args.seq_len, f"rank {rank} → shard {shard}", args.no_progress)
+            for at in range(0, len(todo), args.batch_size):
+                seqs = todo[at : at + args.batch_size].astype(np.int64)
+                ids = torch.from_numpy(np.asarray(sequences[seqs], dtype=np.int64)).to(device)
+                with torch.inference_mode():
+                    logits = model(input_ids=ids).logits
+                writer.write(seqs.tolist(), ids, logits)
+                stats = writer.stats()
+                progress.set_postfix(
+                    acked=f"{stats.positions_per_s:,.0f} pos/s", B_pos=f"{stats.bytes_per_position:.1f}"
+                )
+                progress.update(ids.numel())
+            writer.flush()
+            progress.close()
+        stats = writer.stats()
+        if args.seal:
+            client.seal_shard(shard)
+    finally:
+        client.close()
+    seconds = time.perf_counter() - started
+    return TeacherSummary(
+        rank=rank,
+        world_size=world_size,
+        shard=shard,
+        sequences=hi - lo,
+        skipped=(hi - lo) - len(todo),
+        written=stats.records_written,
+        positions=stats.positions_acked,
+        seconds=round(seconds, 3),
+        positions_per_s=round(stats.positions_acked / seconds if seconds > 0 else 0.0, 1),
+        bytes_per_position=round(stats.bytes_per_position, 3),
+    )
+
+
+def _progress(total: int, description: str, disable: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="pos", unit_scale=True, disable=disable, file=sys.stderr)
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = run(args)
+    print(json.dumps(summary.__dict__))
+    return 0

@@ -1,0 +1,286 @@
+"""SparseKDLoader: order, partition, resume, DataLoader workers, alignment, against real servers."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from logitcache import records
+from logitcache.client import (
+    AlignmentError,
+    CacheClient,
+    LoaderStateError,
+    SparseKDBatch,
+    SparseKDLoader,
+    UnavailableError,
+    plan_batches,
+    verify_alignment,
+)
+from logitcache.client.loader import worker_share
+from logitcache.kd import sparse_kd_loss
+from logitcache.manifest import ShardManifest
+from logitcache.sampling import sample_random
+from logitcache.server.grpc_service import RunningServer
+from logitcache.synthetic import lm_like_logits
+from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
+
+# ----------------------------------------------------------------- the plan (pure)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    batch_size=st.integers(1, 9),
+    world_size=st.integers(1, 8),
+    num_workers=st.integers(0, 3),
+    seed=st.integers(0, 2**32),
+    epoch=st.integers(0, 5),
+    shuffle=st.booleans(),
+)
+def test_every_item_is_yielded_exactly_once_per_epoch(
+    n: int, batch_size: int, world_size: int, num_workers: int, seed: int, epoch: int, shuffle: bool
+) -> None:
+    seen: list[int] = []
+    per_rank = []
+    for rank in range(world_size):
+        plan = plan_batches(
+            n, batch_size=batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size, shuffle=shuffle
+        )
+        per_rank.append(len(plan))
+        assert all(1 <= len(b) <= batch_size for b in plan)
+        for worker in range(max(num_workers, 1)):
+            for index in worker_share(len(plan), 0, worker, max(num_workers, 1)):
+                seen.extend(plan[index].tolist())
+    assert sorted(seen) == list(range(n))
+    assert max(per_rank) - min(per_rank) <= 1  # ranks differ by one (last, smaller) batch at most
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 300), batch_size=st.integers(1, 9), world_size=st.integers(1, 8), seed=st.integers(0, 99))
+def test_drop_last_gives_every_rank_the_same_full_batches(n: int, batch_size: int, world_size: int, seed: int) -> None:
+    plans = [
+        plan_batches(n, batch_size=batch_size, seed=seed, epoch=0, rank=r, world_size=world_size, drop_last=True)
+        for r in range(world_size)
+    ]
+    assert len({len(p) for p in plans}) == 1
+    assert all(len(b) == batch_size for p in plans for b in p)
+    seen = np.concatenate([b for p in plans for b in p]) if plans[0] else np.zeros(0)
+    assert len(set(seen.tolist())) == len(seen) == (n // (batch_size * world_size)) * batch_size * world_size
+
+
+def test_the_order_is_a_function_of_seed_and_epoch() -> None:
+    def order(seed: int, epoch: int) -> list[int]:
+        return np.concatenate(plan_batches(100, batch_size=10, seed=seed, epoch=epoch)).tolist()
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    assert sorted(order(3, 7)) == list(range(100))
+    unshuffled = np.concatenate(plan_batches(10, batch_size=3, seed=0, epoch=4, shuffle=False)).tolist()
+    assert unshuffled == list(range(10))
+
+
+def test_worker_share_interleaves_from_the_resume_point() -> None:
+    assert [list(worker_share(10, 3, w, 3)) for w in range(3)] == [[3, 6, 9], [4, 7], [5, 8]]
+
+
+# ----------------------------------------------------------------- against a server
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]]:
+    """Shard 0 holds seqs 0..29, shard 5 holds seqs 100..112 (some missing)."""
+    with running_server(tmp_path) as (server, client):
+        stored: dict[tuple[int, int], bytes] = {}
+        for shard, items in ((0, make_records(30, seed=1)), (5, make_records(13, seed=2, start=100))):
+            client.create_shard(shard, MANIFEST)
+            items = [(seq, data) for seq, data in items if seq not in (104, 109)]
+            client.write(shard, items)
+            stored.update({(shard, seq): data for seq, data in items})
+        yield server, client, stored
+
+
+def _keys(batches: list[SparseKDBatch]) -> list[tuple[int, int]]:
+    return [(int(s), int(q)) for b in batches for s, q in zip(b.shards, b.seqs, strict=True)]
+
+
+def test_batches_hold_the_records_targets_padded(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, stored = served
+    loader = SparseKDLoader(client, [0, 5], batch_size=4, seed=3)
+    batches = list(loader)
+    assert sorted(_keys(batches)) == sorted(stored)
+    assert len(batches) == len(loader) == 11
+    for batch in batches:
+        k = batch.target_ids.shape[2]
+        widest = 0
+        for row, key in enumerate(zip(batch.shards.tolist(), batch.seqs.tolist(), strict=True)):
+            record = records.decode(stored[key])
+            targets = record.to_targets()
+            ids, probs = targets.to_padded(width=k)
+            widest = max(widest, int(targets.entry_counts().max()))
+            assert torch.equal(batch.input_ids[row], torch.from_numpy(record.input_ids))
+            assert torch.equal(batch.labels[row, :-1], batch.input_ids[row, 1:])
+            assert int(batch.labels[row, -1]) == -100
+            assert torch.equal(batch.target_ids[row], ids)
+            torch.testing.assert_close(batch.target_probs[row], probs)
+            assert batch.input_hashes[row] == record.header.input_hash
+        assert widest == k  # K is the batch's widest position
+    torch.testing.assert_close(batches[0].target_probs.sum(-1), torch.ones(4, SEQ_LEN))
+
+
+def test_a_batch_feeds_sparse_kd_loss(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+    _, client, _ = served
+    batch = next(iter(SparseKDLoader(client, [0], batch_size=2)))
+    logits = torch.randn(2, SEQ_LEN, VOCAB, requires_grad=True)
+    k = batch.target_ids.shape[-1]
+    loss = sparse_kd_loss(
+        logits.flatten(0, 1),
+        batch.target_ids.reshape(-1, k),
+        batch.target_probs.reshape(-1, k),
+        labels=batch.labels.flatten(),
+    )
+    loss.backward()
+    assert loss.item() > 0
+    assert logits.grad is not None
+    assert float(logits.grad[:, -1].abs().sum()) == 0  # the last position has no label: ignored
+
+
+def test_ranks_and_workers_partition_a_real_epoch(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, stored = served
+    seen: list[tuple[int, int]] = []
+    for rank in range(3):
+        loader = SparseKDLoader(client, [0, 5], batch_size=2, seed=1, epoch=2, rank=rank, world_size=3)
+        direct = list(loader)
+        via_workers = list(DataLoader(loader, batch_size=None, num_workers=2))
+        assert _keys(via_workers) == _keys(direct)  # same batches, same order
+        assert [b.batch_index for b in via_workers] == list(range(len(loader)))
+        seen += _keys(direct)
+    assert sorted(seen) == sorted(stored)
+    assert len(seen) == len(set(seen))
+
+
+def test_epochs_shuffle_differently_and_deterministically(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, _ = served
+    loader = SparseKDLoader(client, [0, 5], batch_size=5, seed=9)
+    first = _keys(list(loader))
+    loader.set_epoch(1)
+    second = _keys(list(loader))
+    loader.set_epoch(0)
+    assert _keys(list(loader)) == first
+    assert second != first
+    assert sorted(second) == sorted(first)
+
+
+def test_resume_after_k_batches_yields_exactly_the_rest(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, _ = served
+    full = _keys(list(SparseKDLoader(client, [0, 5], batch_size=3, seed=4, epoch=1, prefetch=2)))
+    loader = SparseKDLoader(client, [0, 5], batch_size=3, seed=4, epoch=1, prefetch=2)
+    taken = []
+    for batch in loader:
+        taken.append(batch)
+        if len(taken) == 5:
+            break  # the prefetch thread read ahead; the state counts only what was consumed
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches_done"]) == (1, 5)
+    resumed = SparseKDLoader(client, [0, 5], batch_size=3, seed=4)
+    resumed.load_state_dict(state)
+    assert _keys(taken) + _keys(list(resumed)) == full
+    resumed.load_state_dict(loader.state_dict(batches_done=3))  # as a DataLoader-worker caller would
+    assert _keys(list(resumed)) == full[9:]
+
+
+def test_a_state_from_another_loader_is_refused(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, _ = served
+    state = SparseKDLoader(client, [0, 5], batch_size=3, seed=4).state_dict()
+    with pytest.raises(LoaderStateError, match="seed"):
+        SparseKDLoader(client, [0, 5], batch_size=3, seed=5).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="shards"):
+        SparseKDLoader(client, [0], batch_size=3, seed=4).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="batch_size"):
+        SparseKDLoader(client, [0, 5], batch_size=4, seed=4).load_state_dict(state)
+    client.write(5, make_records(1, seed=3, start=104))  # the shard's seqs changed since
+    with pytest.raises(LoaderStateError, match="seqs changed"):
+        SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict(state)
+
+
+def test_verify_alignment(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+    _, client, _ = served
+    batch = next(iter(SparseKDLoader(client, [5], batch_size=3, shuffle=False)))
+    verify_alignment(batch.input_ids.clone(), batch)  # the record's own ids pass
+    shifted = batch.input_ids.clone()
+    shifted[1, 7] = (shifted[1, 7] + 1) % VOCAB
+    with pytest.raises(AlignmentError, match=r"shard 5 seq 101: .*position 7"):
+        verify_alignment(shifted, batch)
+    with pytest.raises(AlignmentError, match="positions"):
+        verify_alignment(batch.input_ids[:, :-1], batch)
+
+
+def test_records_of_different_lengths_are_padded_and_masked(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with running_server(tmp_path) as (_, client):
+        client.create_shard(0, ShardManifest(vocab_size=VOCAB, method="sampled", rounds=20))
+        lengths = {0: 5, 1: 9}
+        for seq, t in lengths.items():
+            data = records.encode(
+                torch.randint(0, VOCAB, (t,), generator=gen),
+                sample_random(lm_like_logits(t, VOCAB, generator=gen), 20, generator=gen),
+            )
+            client.write(0, [(seq, data)])
+        batch = next(iter(SparseKDLoader(client, [0], batch_size=2, shuffle=False)))
+        assert batch.input_ids.shape == (2, 9)
+        assert batch.attention_mask.sum(1).tolist() == [5, 9]
+        assert (batch.labels[0, 4:] == -100).all()
+        assert (batch.target_ids[0, 5:] == -1).all()
+        assert batch.num_positions == 14
+
+
+def test_an_error_in_the_prefetch_thread_reaches_the_loop(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (server, client):
+        client.create_shard(0, MANIFEST)
+        client.write(0, make_records(40, seed=1))
+        loader = SparseKDLoader(client, [0], batch_size=1, prefetch=1, read_ahead=1)
+        client.retries = 1
+        it = iter(loader)
+        next(it)
+        server.stop(0)
+        with pytest.raises(UnavailableError):
+            collections.deque(it, maxlen=0)
+
+
+def test_bad_arguments(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+    _, client, _ = served
+    with pytest.raises(ValueError, match="distinct"):
+        SparseKDLoader(client, [0, 0], batch_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        SparseKDLoader(client, [0], batch_size=2, rank=3, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        SparseKDLoader(client, [0], batch_size=0)
+
+
+def test_rank_comes_from_torchrun_variables(
+    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client, _ = served
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    loader = SparseKDLoader(client, [0], batch_size=2)
+    assert (loader.rank, loader.world_size) == (2, 4)

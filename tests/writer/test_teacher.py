@@ -1,0 +1,171 @@
+"""``logitcache teacher`` end to end: a tiny local Llama over a token file into a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from logitcache import records
+from logitcache.cli import main
+from logitcache.sampling import SamplerConfig, sample
+from tests.server.helpers import running_server
+
+SEQ_LEN = 16
+SEQUENCES = 10
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, tokenizer: Any) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, len(tokenizer), SEQUENCES * SEQ_LEN + 5, dtype=np.uint16)  # + a dropped remainder
+    tokens.tofile(tmp_path / "train.bin")
+    return tokens[: SEQUENCES * SEQ_LEN].reshape(SEQUENCES, SEQ_LEN)
+
+
+def _args(tiny_llama: Path, tmp_path: Path, port: int, *extra: str) -> list[str]:
+    return [
+        "teacher",
+        "--model",
+        str(tiny_llama),
+        "--data",
+        str(tmp_path / "train.bin"),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--batch-size",
+        "3",
+        "--rounds",
+        "20",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _summary(out: str) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return summary
+
+
+def test_teacher_fills_the_shard_and_a_rerun_skips_finished_work(
+    tiny_llama: Path, tmp_path: Path, corpus: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_server(tmp_path / "data") as (server, client):
+        assert main(_args(tiny_llama, tmp_path, server.port, "--shard", "4")) == 0
+        first = _summary(capsys.readouterr().out)
+        assert (first["shard"], first["sequences"], first["written"], first["skipped"]) == (4, SEQUENCES, SEQUENCES, 0)
+        assert first["positions"] == SEQUENCES * SEQ_LEN
+        assert client.list_seqs(4).tolist() == list(range(SEQUENCES))
+        info = client.get_shard(4)
+        assert (info.manifest.method, info.manifest.rounds, info.manifest.seq_len) == ("sampled", 20, SEQ_LEN)
+        assert info.manifest.teacher == tiny_llama.name
+        assert info.manifest.tokenizer_fingerprint.startswith("xxh64:")
+
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        for seq, data in client.read(4, seqs=range(SEQUENCES)):
+            record = records.decode(data)
+            np.testing.assert_array_equal(record.input_ids, corpus[seq])  # stored with the ids it was run on
+            assert (np.add.reduceat(record.values, record.offsets[:-1]) == 20).all()
+        # the stored targets are exactly the teacher's logits sampled with the documented seed
+        with torch.no_grad():
+            logits = model(input_ids=torch.from_numpy(corpus[:3].astype(np.int64))).logits  # the first batch
+        expected = sample(logits.flatten(0, 1), SamplerConfig(rounds=20), torch.Generator().manual_seed(0))
+        stored = [records.decode(data).to_targets() for _, data in client.read(4, seqs=[0, 1, 2])]
+        assert torch.equal(torch.cat([t.token_ids for t in stored]), expected.token_ids)
+        assert torch.equal(torch.cat([t.values for t in stored]), expected.values)
+
+        assert main(_args(tiny_llama, tmp_path, server.port, "--shard", "4", "--seal")) == 0
+        again = _summary(capsys.readouterr().out)
+        assert (again["written"], again["skipped"], again["positions"]) == (0, SEQUENCES, 0)
+        assert client.get_shard(4).sealed
+
+
+def test_a_different_sampler_into_the_same_shard_is_refused(
+    tiny_llama: Path, tmp_path: Path, corpus: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_server(tmp_path / "data") as (server, client):
+        assert main([*_args(tiny_llama, tmp_path, server.port), "--limit", "2"]) == 0
+        capsys.readouterr()
+        assert main([*_args(tiny_llama, tmp_path, server.port), "--rounds", "30"]) == 1
+        err = capsys.readouterr().err
+        assert "FAILED_PRECONDITION" in err
+        assert "different manifest" in err
+        assert client.get_shard(0).sequences == 2  # nothing of the refused run was stored
+
+
+def test_token_ids_beyond_the_teacher_vocabulary_are_refused(
+    tiny_llama: Path, tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.full(SEQ_LEN * 2, len(tokenizer) + 3, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    with running_server(tmp_path / "data") as (server, client), pytest.raises(SystemExit) as exit_info:
+        main(_args(tiny_llama, tmp_path, server.port))
+    assert exit_info.value.code == 2
+    assert "outside the teacher's vocabulary" in capsys.readouterr().err
+    with running_server(tmp_path / "data") as (server, client):
+        assert client.list_shards() == []
+
+
+def test_jsonl_corpus_is_tokenized_with_the_model_tokenizer(
+    tiny_llama: Path, tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [json.dumps({"text": f"The quick brown fox number {i} jumps over the lazy dog."}) for i in range(8)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines))
+    with running_server(tmp_path / "data") as (server, client):
+        args = _args(tiny_llama, tmp_path, server.port)
+        args[args.index("--data") + 1] = str(tmp_path / "docs.jsonl")
+        assert main([*args, "--sampler", "topk", "--top-k", "5"]) == 0
+        summary = _summary(capsys.readouterr().out)
+        assert summary["written"] >= 4
+        record = records.decode(next(client.read(0, seqs=[0]))[1])
+        expected = tokenizer(json.loads(lines[0])["text"], add_special_tokens=False)["input_ids"][:SEQ_LEN]
+        assert record.input_ids[: len(expected)].tolist() == expected
+        assert client.get_shard(0).manifest.method == "topk"
+
+
+def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_path: Path, corpus: np.ndarray) -> None:
+    with running_server(tmp_path / "data") as (server, client):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "logitcache", *_args(tiny_llama, tmp_path, server.port, "--shard", "10")],
+                env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rank in range(2)
+        ]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+        summaries = [_summary(out) for out, _ in outputs]
+        assert [(s["rank"], s["shard"], s["written"]) for s in summaries] == [(0, 10, 5), (1, 11, 5)]
+        assert client.list_seqs(10).tolist() == [0, 1, 2, 3, 4]
+        assert client.list_seqs(11).tolist() == [5, 6, 7, 8, 9]
+        for shard in (10, 11):
+            for seq, data in client.read(shard, seqs=client.list_seqs(shard).tolist()):
+                np.testing.assert_array_equal(records.decode(data).input_ids, corpus[seq])
+
+
+def test_an_unreachable_server_is_a_clear_error(
+    tiny_llama: Path, tmp_path: Path, corpus: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _free_port()
+    assert main(_args(tiny_llama, tmp_path, port)) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
