@@ -78,7 +78,7 @@ def test_a_read_broken_by_a_server_restart_resumes_without_repeats(tmp_path: Pat
             client.create_shard(0, MANIFEST)
             client.write(0, make_records(60, seed=3))
             for query in ({"ranges": [(0, 20), (30, 60)]}, {"seqs": list(range(59, -1, -2))}):
-                stream = client.read(0, max_message_bytes=1, **query)  # type: ignore[arg-type]
+                stream = client.read(0, max_message_bytes=1, **query)
                 got = [next(stream)[0] for _ in range(5)]
                 server.stop()  # SIGKILL in the middle of the stream
                 server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")

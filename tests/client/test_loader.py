@@ -78,7 +78,8 @@ def test_drop_last_gives_every_rank_the_same_full_batches(n: int, batch_size: in
 
 def test_the_order_is_a_function_of_seed_and_epoch() -> None:
     def order(seed: int, epoch: int) -> list[int]:
-        return np.concatenate(plan_batches(100, batch_size=10, seed=seed, epoch=epoch)).tolist()
+        order: list[int] = np.concatenate(plan_batches(100, batch_size=10, seed=seed, epoch=epoch)).tolist()
+        return order
 
     assert order(0, 0) == order(0, 0)
     assert order(0, 1) == order(0, 1)
