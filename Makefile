@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py
 	$(BIN)/python benchmarks/bench_kd_loss.py
 	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_loader.py
 
 proto: $(STAMP)  ## regenerate src/logitcache/proto/ from proto/ (tests fail while they are stale)
 	$(BIN)/python -m logitcache.proto.generate

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from logitcache import records
-from logitcache.client import CacheError
 from logitcache.sampling import METHODS, SamplerConfig, sample
 from logitcache.synthetic import lm_like_logits
 
@@ -108,14 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from logitcache.writer.teacher import main as teacher_main
 
             return teacher_main(args)
-    except CacheError as exc:  # the server refused (a manifest mismatch, a sealed shard, ...) or is gone
-        print(f"logitcache {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except (ValueError, OSError) as exc:  # bad arguments, or an address in use (pydantic's errors included)
         parser.error(str(exc))
-    except RuntimeError as exc:
-        print(f"logitcache {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     return 2
 
 

@@ -6,11 +6,15 @@ import pickle
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from logitcache.client import CacheClient, NotFoundError, SparseKDLoader
 from logitcache.manifest import ShardManifest
-from tests.server.helpers import MANIFEST, make_records, running_server
+from logitcache.sampling import SamplerConfig
+from logitcache.writer import CacheWriter
+from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
 from tests.server.process import ServerProcess
 
 
@@ -58,6 +62,31 @@ def test_two_servers_each_serve_their_own_shards(tmp_path: Path) -> None:
             assert client.locate(6) == addresses[1]
             with pytest.raises(ValueError, match="address"):
                 client.create_shard(8, MANIFEST, address="127.0.0.1:1")
+
+
+def test_a_server_that_is_down_does_not_stop_routing_to_the_others(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with running_server(tmp_path) as (server, _):
+        live = f"127.0.0.1:{server.port}"
+        with CacheClient([dead, live], timeout=5, retries=1) as client:
+            client.create_shard(1, MANIFEST)  # 1 % 2 → the live server
+            assert client.locate(1) == live
+            with pytest.raises(NotFoundError, match="none of the servers"):
+                client.get_shard(2)
+            # a cluster writer creates its shard before its sender routes to it
+            with CacheWriter(client, 3, SamplerConfig(rounds=20), seq_len=SEQ_LEN) as writer:
+                writer.write([0, 1], torch.zeros(2, SEQ_LEN, dtype=torch.int64), torch.randn(2, SEQ_LEN, VOCAB))
+            assert client.list_seqs(3).tolist() == [0, 1]
+
+
+def test_long_and_numpy_seq_lists_are_read_in_server_sized_requests(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (_, client):
+        client.create_shard(0, MANIFEST)
+        client.write(0, make_records(3))
+        seqs = np.tile(np.array([2, 0, 1], dtype=np.uint64), 22000)  # 66000 > the server's 65536 per Read
+        assert [seq for seq, _ in client.read(0, seqs=seqs)] == seqs.tolist()
 
 
 def test_a_client_pickles_without_its_channels(tmp_path: Path) -> None:

@@ -202,7 +202,10 @@ def test_resume_after_k_batches_yields_exactly_the_rest(
     assert (state["epoch"], state["batches_done"]) == (1, 5)
     resumed = SparseKDLoader(client, [0, 5], batch_size=3, seed=4)
     resumed.load_state_dict(state)
+    resumed.set_epoch(1)  # the usual loop calls set_epoch for the resumed epoch: it keeps the resume point
     assert _keys(taken) + _keys(list(resumed)) == full
+    resumed.set_epoch(2)
+    assert len(list(resumed)) == len(resumed)  # a new epoch starts from its first batch
     resumed.load_state_dict(loader.state_dict(batches_done=3))  # as a DataLoader-worker caller would
     assert _keys(list(resumed)) == full[9:]
 
@@ -218,6 +221,8 @@ def test_a_state_from_another_loader_is_refused(
         SparseKDLoader(client, [0], batch_size=3, seed=4).load_state_dict(state)
     with pytest.raises(LoaderStateError, match="batch_size"):
         SparseKDLoader(client, [0, 5], batch_size=4, seed=4).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="batches_done"):
+        SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict({**state, "batches_done": 99})
     client.write(5, make_records(1, seed=3, start=104))  # the shard's seqs changed since
     with pytest.raises(LoaderStateError, match="seqs changed"):
         SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict(state)

@@ -316,3 +316,17 @@ def test_the_last_seq_is_reserved(tmp_path: Path) -> None:
     assert shard.write_batch([(2**64 - 2, make_records(1)[0][1])]).written == 1
     assert [seq for chunk in shard.read_range(0, 2**64 - 1) for seq, _ in chunk] == [2**64 - 2]
     store.close()
+
+
+def test_seq_runs_are_the_same_in_any_chunking(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    shard = store.create_shard(0, MANIFEST)
+    data = make_records(1)[0][1]
+    shard.write_batch([(seq, data) for seq in (0, 1, 2, 5, 6, 9, 10, 11, 20, 30, 31)])
+    expected = [(0, 3), (5, 7), (9, 12), (20, 21), (30, 32)]
+    for chunk in (1, 2, 3, 100):
+        chunks = list(shard.seq_runs(chunk))
+        assert [run for c in chunks for run in c] == expected
+        assert all(1 <= len(c) <= chunk for c in chunks)
+    assert shard.gaps(2) == (21, [(3, 5), (7, 9)])
+    store.close()

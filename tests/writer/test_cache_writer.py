@@ -237,3 +237,22 @@ def test_invalid_argument_from_the_server_is_permanent(tmp_path: Path) -> None:
         with pytest.raises((InvalidArgumentError, FailedPreconditionError), match="seq_len"):
             writer.close()
         assert client.get_shard(0).sequences == 0
+
+
+def test_the_retry_budget_counts_only_the_current_outage(tmp_path: Path) -> None:
+    port = _free_port()
+    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
+    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    try:
+        with CacheWriter(client, 0, SAMPLER, vocab_size=V, retry_timeout=1.5) as writer:
+            for outage in range(2):  # two short outages, further apart than the budget
+                server.stop()
+                server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+                time.sleep(2.0)
+                ids, logits = _batch(2, seed=20 + outage)
+                writer.write([2 * outage, 2 * outage + 1], ids, logits)
+                writer.flush()
+        assert client.list_seqs(0).tolist() == [0, 1, 2, 3]
+    finally:
+        client.close()
+        server.stop()

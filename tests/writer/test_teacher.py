@@ -106,9 +106,8 @@ def test_token_ids_beyond_the_teacher_vocabulary_are_refused(
     tiny_llama: Path, tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     np.full(SEQ_LEN * 2, len(tokenizer) + 3, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    with running_server(tmp_path / "data") as (server, client), pytest.raises(SystemExit) as exit_info:
-        main(_args(tiny_llama, tmp_path, server.port))
-    assert exit_info.value.code == 2
+    with running_server(tmp_path / "data") as (server, client):
+        assert main(_args(tiny_llama, tmp_path, server.port)) == 2
     assert "outside the teacher's vocabulary" in capsys.readouterr().err
     with running_server(tmp_path / "data") as (server, client):
         assert client.list_shards() == []
@@ -152,6 +151,17 @@ def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_pa
         for shard in (10, 11):
             for seq, data in client.read(shard, seqs=client.list_seqs(shard).tolist()):
                 np.testing.assert_array_equal(records.decode(data).input_ids, corpus[seq])
+        # a single-process rerun (another split) finds seqs 5..9 in shard 11 and stores nothing twice
+        rerun = subprocess.run(
+            [sys.executable, "-m", "logitcache", *_args(tiny_llama, tmp_path, server.port, "--shard", "10")],
+            env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert (_summary(rerun.stdout)["written"], _summary(rerun.stdout)["skipped"]) == (0, 10)
+        assert client.list_seqs(10).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_an_unreachable_server_is_a_clear_error(

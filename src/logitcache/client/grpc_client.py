@@ -10,7 +10,8 @@ Example::
 
 **Cluster routing.** Shards are the unit of placement. The client asks every server which shards it
 holds (``ListShards``) and sends each request for a shard to its server; the map is refreshed when
-a shard is not found, so shards created elsewhere appear. A shard no server holds is a
+a shard is not in it, so shards created elsewhere appear (a server that does not answer is
+skipped). A shard moved to another server is found after ``refresh()``. A shard no server holds is a
 :class:`~logitcache.client.errors.NotFoundError` naming the servers. A new shard goes to the server
 ``address=`` names, else to ``addresses[shard % len(addresses)]``. If two servers hold the same
 shard (a sealed copy), the first in ``addresses`` order serves it.
@@ -29,6 +30,7 @@ numbers too, as ``InvalidArgumentError``). The client can be pickled and used af
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -58,6 +60,9 @@ from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 
 __all__ = ["TRANSIENT_ERRORS", "CacheClient", "ShardInfo", "WriteSummary"]
 
+log = logging.getLogger(__name__)
+
+MAX_READ_SEQS = 1 << 16  # the server's limit per Read request: longer seq lists are split
 TRANSIENT_ERRORS: tuple[type[CacheError], ...] = (UnavailableError, DeadlineExceededError)
 # a Read stream is never cancelled by this side: CANCELLED means the server shut down mid-stream
 _READ_RETRYABLE: tuple[type[CacheError], ...] = (*TRANSIENT_ERRORS, CancelledError)
@@ -191,9 +196,18 @@ class CacheClient:
     def refresh(self) -> dict[int, str]:
         """Ask every server which shards it holds; return the new ``shard → address`` map."""
         found: dict[int, str] = {}
+        down: list[CacheError] = []
         for address in reversed(self.addresses):  # the first server wins a shard held twice
-            for info in self._list_on(address):
+            try:
+                infos = self._list_on(address)
+            except TRANSIENT_ERRORS as exc:  # one server down must not stop routing to the others
+                log.warning("%s did not answer ListShards: %s", address, exc)
+                down.append(exc)
+                continue
+            for info in infos:
                 found[info.shard] = address
+        if len(down) == len(self.addresses):
+            raise down[0]
         with self._lock:
             self._shard_map = found
         return dict(found)
@@ -255,13 +269,13 @@ class CacheClient:
         return response
 
     def seq_runs(self, shard: int) -> list[tuple[int, int]]:
-        """The seqs ``shard`` holds as ascending ``[start, end)`` runs of consecutive seqs (one snapshot)."""
+        """The seqs ``shard`` holds as ascending ``[start, end)`` runs of consecutive seqs."""
         request = self._build(pb.ListSeqsRequest, shard=shard)
         address = self.locate(shard)
 
         def attempt() -> list[tuple[int, int]]:
             try:
-                stream = self._stub(address).ListSeqs(request, timeout=self.timeout, metadata=self._metadata)
+                stream = self._stub(address).ListSeqs(request, timeout=self.stream_timeout, metadata=self._metadata)
                 return [(r.start, r.end) for response in stream for r in response.runs]
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
@@ -341,8 +355,14 @@ class CacheClient:
 
         A stream broken by a transient error resumes after the last record delivered.
         """
-        pending_seqs = [int(s) for s in seqs or ()]
-        pending_ranges = [(int(a), int(b)) for a, b in ranges or ()]
+        all_seqs = [int(s) for s in (() if seqs is None else seqs)]
+        if len(all_seqs) > MAX_READ_SEQS:  # one request per server-sized chunk, in order
+            for at in range(0, len(all_seqs), MAX_READ_SEQS):
+                part = all_seqs[at : at + MAX_READ_SEQS]
+                yield from self.read(shard, seqs=part, window=window, max_message_bytes=max_message_bytes)
+            return
+        pending_seqs = all_seqs
+        pending_ranges = [(int(a), int(b)) for a, b in (() if ranges is None else ranges)]
         request = self._read_request(shard, pending_seqs, pending_ranges, window, max_message_bytes)
         address = self.locate(shard)
         failures = 0

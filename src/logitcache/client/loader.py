@@ -11,7 +11,7 @@
             loss = sparse_kd_loss(logits.flatten(0, 1), batch.target_ids.flatten(0, 1),
                                   batch.target_probs.flatten(0, 1), labels=batch.labels.flatten())
 
-**Order.** At construction the loader lists every seq of ``shards`` (one snapshot) and numbers the
+**Order.** At construction the loader lists every seq of ``shards`` once and numbers the
 ``(shard, seq)`` pairs, shard by shard in the order given, seqs ascending. Epoch ``e`` visits them in
 a permutation that is a function of ``(seed, e)`` only (``shuffle=False``: in that numbering).
 
@@ -27,7 +27,8 @@ order. Every ``(shard, seq)`` is yielded exactly once per epoch across all ranks
 the seqs: ``load_state_dict`` makes the next iteration start at the first batch not yet consumed
 and refuses (:class:`LoaderStateError`) a state from a different seed, shard set, batch size,
 world size or ordering. With DataLoader workers the loader object in the main process does not see
-what was consumed: pass ``state_dict(batches_done=batch.batch_index + 1)``.
+what was consumed: pass ``state_dict(batches_done=batch.batch_index + 1)``. Nor do ``set_epoch`` and
+``load_state_dict`` reach the copies in ``persistent_workers=True`` workers: keep them off.
 
 **Prefetch.** A background thread reads ahead over gRPC (one ``Read`` per shard for the next
 ``read_ahead`` batches), decodes, pads into (pinned) host tensors and, with ``device``, copies them
@@ -232,9 +233,14 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         return int(self._item_seq.size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s order for the next iteration (from its first batch)."""
-        self.epoch = epoch
-        self._start = self._batches_done = 0
+        """Select epoch ``epoch``'s order for the next iteration.
+
+        A new epoch starts at its first batch; the current one keeps its resume point, so
+        ``load_state_dict(state)`` followed by the usual ``set_epoch(state["epoch"])`` resumes.
+        """
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._start = self._batches_done = 0
 
     def _plan(self) -> list[npt.NDArray[np.int64]]:
         return plan_batches(
@@ -277,10 +283,12 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
                 raise LoaderStateError(
                     f"{key}: {what} the saved state (saved {state.get(key)!r}, this loader has {mine[key]!r})"
                 )
-        done = state.get("batches_done")
-        if not isinstance(done, int) or done < 0:
-            raise LoaderStateError(f"batches_done: expected an integer >= 0, got {done!r}")
-        self.epoch = int(state["epoch"])
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not isinstance(epoch, int) or epoch < 0:
+            raise LoaderStateError(f"epoch: expected an integer >= 0, got {epoch!r}")
+        if not isinstance(done, int) or not 0 <= done <= len(self):  # len does not depend on the epoch
+            raise LoaderStateError(f"batches_done: expected an integer in [0, {len(self)}], got {done!r}")
+        self.epoch = epoch
         self._start = self._batches_done = done
 
     # ----------------------------------------------------------------- iteration
@@ -449,7 +457,7 @@ class _Prefetcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=5)  # a daemon: one stuck in a retrying read is left to finish alone
 
 
 _END = object()

@@ -473,25 +473,35 @@ class Shard:
     def seq_runs(self, chunk: int = 1 << 16) -> Iterator[list[tuple[int, int]]]:
         """The stored seqs as maximal ``[start, end)`` runs of consecutive seqs, ascending, ``chunk`` runs at a time.
 
-        One key-only cursor scan in one read transaction: a consistent snapshot of the shard.
+        A key-only cursor scan; each chunk is read in its own short transaction (nothing is held
+        while the caller consumes a chunk), so a shard written meanwhile may show later writes.
         """
-        runs: list[tuple[int, int]] = []
-        start = end = -1
-        with self._gate.shared(), self._env.begin(db=self._records) as txn:
-            for key in txn.cursor().iternext(keys=True, values=False):
-                seq = _KEY.unpack(key)[0]
-                if seq != end:
-                    if end >= 0:
-                        runs.append((start, end))
-                        if len(runs) == chunk:
-                            yield runs
-                            runs = []
-                    start = seq
-                end = seq + 1
-        if end >= 0:
-            runs.append((start, end))
-        if runs:
+        next_seq = 0
+        while True:
+            runs: list[tuple[int, int]] = []
+            start = end = -1
+            resume: int | None = None
+            with self._gate.shared(), self._env.begin(db=self._records) as txn:
+                cursor = txn.cursor()
+                if cursor.set_range(_key(next_seq)):
+                    for key in cursor.iternext(keys=True, values=False):
+                        seq = _KEY.unpack(key)[0]
+                        if seq != end:
+                            if end >= 0:
+                                runs.append((start, end))
+                                if len(runs) == chunk:
+                                    resume = seq  # the next chunk starts with this run
+                                    break
+                            start = seq
+                        end = seq + 1
+            if resume is None:
+                if end >= 0:
+                    runs.append((start, end))
+                if runs:
+                    yield runs
+                return
             yield runs
+            next_seq = resume
 
     def gaps(self, limit: int) -> tuple[int, list[tuple[int, int]]]:
         """Seqs missing between the first and the last stored: ``(count, up to limit [start, end) ranges)``."""

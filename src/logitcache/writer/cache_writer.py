@@ -87,7 +87,7 @@ class _Work:
     seq_ids: list[int]
     input_ids: Tensor  # [B, T] on the host
     targets: SparseTargets  # B·T positions, on the host once ``ready`` fired
-    ready: torch.cuda.Event | None  # the device → host copies finished
+    ready: list[torch.cuda.Event]  # fire once the device → host copies finished
 
 
 @dataclass
@@ -165,12 +165,11 @@ class CacheWriter:
         self._written = self._unchanged = self._positions = self._bytes = self._retries = 0
         self._seconds_in_write = 0.0
         self._started = time.perf_counter()
-        if vocab_size is not None:
-            self._create_shard(vocab_size)
+        self._started = False
         self._packer = threading.Thread(target=self._pack_loop, name=f"logitcache-pack-{shard}", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name=f"logitcache-send-{shard}", daemon=True)
-        self._packer.start()
-        self._sender.start()
+        if vocab_size is not None:
+            self._create_shard(vocab_size)
 
     # ----------------------------------------------------------------- caller side
 
@@ -225,27 +224,38 @@ class CacheWriter:
         if self.manifest is None:
             self._create_shard(v)
         assert self.manifest is not None
+        if not self._started:  # once the shard exists: a cluster client routes only to existing shards
+            self._started = True
+            self._packer.start()
+            self._sender.start()
         if v != self.manifest.vocab_size:
             raise ValueError(f"teacher_logits: expected V={self.manifest.vocab_size} (the shard's), got {v}")
         if self.manifest.seq_len and t != self.manifest.seq_len:
             raise ValueError(f"input_ids: expected T={self.manifest.seq_len} (the shard's seq_len), got {t}")
+        events: list[torch.cuda.Event] = []
         if input_ids.device.type == "cpu":
             if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= v):
                 raise ValueError(
                     f"input_ids: expected token ids in [0, V={v}), got {int(input_ids.min())}..{int(input_ids.max())}"
                 )
             host_ids = input_ids.detach().clone()  # the caller may reuse its buffer
-        else:  # checked by the packer: no device sync here
-            host_ids = _pinned_copy(input_ids.detach())
+        else:  # range-checked by records.encode in the packer: no device sync here
+            with torch.cuda.device(input_ids.device):
+                host_ids = _pinned_copy(input_ids.detach())
+                events.append(_recorded_event())
         targets = sample(teacher_logits.detach().reshape(b * t, v), self.sampler, self.generator)
-        ready: torch.cuda.Event | None = None
         if targets.device.type == "cuda":
-            targets = _to_pinned_host(targets)
-            ready = torch.cuda.Event()
-            ready.record()
+            with torch.cuda.device(targets.device):
+                targets = _to_pinned_host(targets)
+                events.append(_recorded_event())
         with self._cond:
             self._pending_records += b
-        self._put(_Work(seqs, host_ids, targets, ready))
+        try:
+            self._put(_Work(seqs, host_ids, targets, events))
+        except BaseException:  # the error, or an interrupt while blocked on backpressure: not queued
+            with self._cond:
+                self._pending_records -= b
+            raise
         self._seconds_in_write += time.perf_counter() - started
 
     def _put(self, work: _Work) -> None:
@@ -255,8 +265,6 @@ class CacheWriter:
                 return
             except queue.Full:
                 if self._error is not None:
-                    with self._cond:
-                        self._pending_records -= len(work.seq_ids)
                     raise self._error from None
 
     def flush(self, timeout: float | None = None) -> None:
@@ -268,6 +276,7 @@ class CacheWriter:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"shard {self.shard}: {self._pending_records} records not acknowledged")
                 self._cond.wait(_POLL if left is None else min(_POLL, left))
+                self._watchdog_locked()  # the packer may be gone (closing): a hung server is noticed here
         if self._error is not None:
             raise self._error
 
@@ -278,8 +287,10 @@ class CacheWriter:
         try:
             if self._error is None:
                 self.flush()
-        finally:
-            self._shutdown(wait=True)
+        except BaseException:  # an interrupt, a timeout: stop without waiting on the server
+            self._shutdown(wait=False)
+            raise
+        self._shutdown(wait=True)
         if self._error is not None:
             raise self._error
 
@@ -289,8 +300,9 @@ class CacheWriter:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._packer.join(timeout=None if wait else 1.0)
-        self._sender.join(timeout=None if wait else 1.0)
+        for thread in (self._packer, self._sender):
+            if thread.is_alive():
+                thread.join(timeout=None if wait else 1.0)
         if self._own_client:
             self.client.close()
         self._closed = True
@@ -335,8 +347,8 @@ class CacheWriter:
                 self._cond.notify_all()
 
     def _pack(self, work: _Work) -> list[_Batch]:
-        if work.ready is not None:
-            work.ready.synchronize()
+        for event in work.ready:
+            event.synchronize()
         targets = work.targets
         offsets = targets.offsets.numpy()
         input_ids = work.input_ids.numpy()  # the ready event covers this copy too (same stream, earlier)
@@ -394,6 +406,7 @@ class CacheWriter:
                     return
                 self._generation += 1
                 generation = self._generation
+            opened = time.monotonic()
             try:
                 for ack in self.client.write_batches(
                     self.shard, self._requests(generation), overwrite=self.overwrite, on_call=self._set_call
@@ -402,8 +415,12 @@ class CacheWriter:
                     failing_since, backoff = None, 0.1
             except _RETRYABLE as exc:
                 now = time.monotonic()
+                with self._cond:
+                    idle = not self._inflight and not self._ready
+                if idle or now - opened > 1.0:  # nothing to lose, or the stream was healthy for a while
+                    failing_since, backoff = None, 0.1 if not idle else backoff
                 failing_since = failing_since or now
-                if now - failing_since > self.retry_timeout:
+                if not idle and now - failing_since > self.retry_timeout:
                     self._fail(exc)
                     return
                 with self._cond:
@@ -413,7 +430,9 @@ class CacheWriter:
                         "shard %d: %s; resending %d batch(es) in %.1f s", self.shard, exc, len(self._inflight), backoff
                     )
                     self._retries += 1
-                    self._cond.wait(backoff)
+                    until = time.monotonic() + backoff
+                    while not self._failed() and (left := until - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 backoff = min(backoff * 2, 5.0)
             except BaseException as exc:  # permanent: refused, conflict, sealed, full, unauthenticated...
                 self._fail(exc)
@@ -469,12 +488,19 @@ class CacheWriter:
     def _fail(self, exc: BaseException) -> None:
         with self._cond:
             if self._error is None:
-                if not isinstance(exc, CacheError | ValueError):
+                if not isinstance(exc, CacheError | ValueError | WriterClosedError):
                     log.exception("shard %d: writer failed", self.shard, exc_info=exc)
                 self._error = exc
             if self._call is not None:
                 self._call.cancel()
             self._cond.notify_all()
+
+
+def _recorded_event() -> torch.cuda.Event:
+    """An event on the current device's current stream, after the work queued so far."""
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 def _pinned_copy(x: Tensor) -> Tensor:

@@ -5,14 +5,17 @@ stored as seq ``i``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RAN
 ``W`` takes the contiguous slice ``[r·n/W, (r+1)·n/W)`` of the sequences and writes shard
 ``--shard + r``, on ``cuda:LOCAL_RANK`` when there is a GPU: many GPUs fill the cache together and
 no two ranks touch the same shard. A rerun skips the seqs its shard already holds, so an
-interrupted job resumes where it stopped. The shard's manifest records the teacher and the
-tokenizer's fingerprint; a rerun with another teacher, tokenizer or sampler is refused by the
-server (FAILED_PRECONDITION), never mixed in.
+interrupted job resumes where it stopped. A rerun with another ``WORLD_SIZE`` or ``--limit`` also
+skips seqs that another shard of the same run (equal manifest) holds with the same input ids, so
+nothing is stored twice.
+The shard's manifest records the teacher and the tokenizer's fingerprint; a rerun with another
+teacher, tokenizer or sampler is refused by the server (FAILED_PRECONDITION), never mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from logitcache import records
 from logitcache.client import CacheClient, NotFoundError
+from logitcache.manifest import ShardManifest
 from logitcache.sampling import METHODS, SamplerConfig
 from logitcache.writer.cache_writer import CacheWriter
 from logitcache.writer.corpus import TOKEN_DTYPES, load_sequences, tokenizer_fingerprint
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     device = torch.device(
         args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, events and pinned copies all on this rank's GPU
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     sampler = SamplerConfig(
         method=args.sampler, rounds=args.rounds, temperature=args.temperature, k=args.top_k, top_p=args.top_p
@@ -123,13 +131,16 @@ def run(args: argparse.Namespace) -> TeacherSummary:
         if top >= vocab:
             raise ValueError(f"{args.data}: token id {top} is outside the teacher's vocabulary (V={vocab})")
 
+    manifest = ShardManifest.for_sampler(
+        sampler,
+        vocab,
+        seq_len=args.seq_len,
+        teacher=args.teacher_name or args.model.resolve().name,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
+    )
     client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
     try:
-        try:
-            stored = client.list_seqs(shard)
-        except NotFoundError:
-            stored = np.zeros(0, dtype=np.uint64)
-        todo = np.setdiff1d(np.arange(lo, hi, dtype=np.uint64), stored)
+        todo = _not_yet_stored(client, shard, manifest, sequences, lo, hi)
         generator = torch.Generator(device).manual_seed(args.seed + rank)
         started = time.perf_counter()
         with CacheWriter(
@@ -137,9 +148,9 @@ def run(args: argparse.Namespace) -> TeacherSummary:
             shard,
             sampler,
             vocab_size=vocab,
-            seq_len=args.seq_len,
-            teacher=args.teacher_name or args.model.resolve().name,
-            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
+            seq_len=manifest.seq_len,
+            teacher=manifest.teacher,
+            tokenizer_fingerprint=manifest.tokenizer_fingerprint,
             generator=generator,
         ) as writer:
             progress = _progress(len(todo) * args.seq_len, f"rank {rank} → shard {shard}", args.no_progress)
@@ -176,6 +187,35 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
 
 
+def _not_yet_stored(
+    client: CacheClient, shard: int, manifest: ShardManifest, sequences: np.ndarray, lo: int, hi: int
+) -> npt.NDArray[np.uint64]:
+    """Seqs of ``[lo, hi)`` stored neither in ``shard`` nor in another shard of the same run.
+
+    Another shard with an equal manifest may hold some of them when an earlier run split the
+    corpus differently (another ``WORLD_SIZE`` or ``--limit``): a stored record whose input ids
+    hash to this corpus's sequence counts as done, so nothing is stored twice. One whose ids
+    differ belongs to another corpus and does not count.
+    """
+    todo = np.arange(lo, hi, dtype=np.uint64)
+    with contextlib.suppress(NotFoundError):
+        todo = np.setdiff1d(todo, client.list_seqs(shard))
+    for info in client.list_shards():
+        if info.shard == shard or info.manifest != manifest or not todo.size:
+            continue
+        overlap = np.intersect1d(todo, client.list_seqs(info.shard))
+        if not overlap.size:
+            continue
+        done = [
+            seq
+            for seq, data in client.read(info.shard, seqs=overlap.tolist())
+            if records.read_header(data).input_hash == records.input_ids_hash(sequences[seq])
+        ]
+        log.info("shard %d already holds %d of these sequences: skipped", info.shard, len(done))
+        todo = np.setdiff1d(todo, np.array(done, dtype=np.uint64))
+    return todo
+
+
 def _progress(total: int, description: str, disable: bool) -> Any:
     from tqdm import tqdm
 
@@ -183,6 +223,16 @@ def _progress(total: int, description: str, disable: bool) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = run(args)
+    """Run; print the summary as one JSON line. Bad input: exit 2; the server refused or is gone: 1."""
+    from logitcache.client import CacheError
+
+    try:
+        summary = run(args)
+    except (CacheError, RuntimeError) as exc:  # refused, unreachable; transformers missing
+        print(f"logitcache teacher: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:  # a corpus, model or argument problem (no usage text: not a typo)
+        print(f"logitcache teacher: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary.__dict__))
     return 0
