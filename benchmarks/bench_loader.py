@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from server_process import start_server
 
 from logitcache import records
 from logitcache.client import CacheClient, SparseKDLoader
@@ -39,25 +36,6 @@ from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig, SparseTargets, sample, sample_random
 from logitcache.synthetic import lm_like_logits
 from logitcache.writer import CacheWriter
-
-
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(data_dir), "--grpc", "127.0.0.1:0",
-         "--http", "off", "--log-level", "INFO"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        if time.monotonic() > deadline:
-            break
-        found = re.search(r"serving grpc://[\d.]+:(\d+)", line)
-        if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(found.group(1))
-    raise RuntimeError("server did not start")
 
 
 def _best(runs: int, fn: Callable[[], float]) -> float:
@@ -90,7 +68,7 @@ def main() -> None:
     positions = args.records * args.seq_len
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = _start_server(Path(tmp))
+        proc, port = start_server(Path(tmp))
         try:
             client = CacheClient(f"127.0.0.1:{port}", timeout=120)
             manifest = ShardManifest(vocab_size=args.vocab_size, method="sampled", rounds=50, seq_len=args.seq_len)

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,31 +24,13 @@ from pathlib import Path
 
 import lmdb
 import torch
+from server_process import start_server
 
 from logitcache import records
 from logitcache.client import CacheClient
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SparseTargets, sample_random
 from logitcache.synthetic import lm_like_logits
-
-
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(data_dir), "--grpc", "127.0.0.1:0",
-         "--log-level", "INFO"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        if time.monotonic() > deadline:
-            break
-        found = re.search(r"serving grpc://[\d.]+:(\d+)", line)
-        if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(found.group(1))
-    raise RuntimeError("server did not start")
 
 
 def main() -> None:
@@ -84,7 +63,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        proc, port = _start_server(data_dir)
+        proc, port = start_server(data_dir)
         try:
             address = f"127.0.0.1:{port}"
             with CacheClient(address) as client:

@@ -30,6 +30,7 @@ numbers too, as ``InvalidArgumentError``). The client can be pickled and used af
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -419,11 +420,6 @@ class CacheClient:
 def _batched(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
     if size < 1:
         raise ValueError(f"batch_records: expected >= 1, got {size}")
-    batch: list[tuple[int, bytes]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
         yield batch

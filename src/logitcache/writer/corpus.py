@@ -30,6 +30,7 @@ tokenizer (the manifest's ``tokenizer_fingerprint``).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,7 +163,8 @@ def _load_jsonl(path: Path, seq_len: int, tokenizer: Any, text_key: str) -> np.n
     eos = getattr(tokenizer, "eos_token_id", None)
     separator = np.array([] if eos is None else [eos], dtype=np.uint32)
     pieces: list[np.ndarray] = []
-    for batch in _batches(_documents(path, text_key), _JSONL_BATCH):
+    documents = _documents(path, text_key)
+    while batch := list(itertools.islice(documents, _JSONL_BATCH)):
         for ids in _encode(tokenizer, batch):
             if pieces:
                 pieces.append(separator)
@@ -193,17 +195,6 @@ def _documents(path: Path, text_key: str) -> Iterator[str]:
             if not isinstance(text, str):
                 raise CorpusError(f"{path}: line {lineno}: {text_key!r} must be a string, got {type(text).__name__}")
             yield text
-
-
-def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> Sequence[Sequence[int]]:
