@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from logitcache.client import CacheClient, NotFoundError, SparseKDLoader
+from logitcache.client import CacheClient, NotFoundError, SparseKDLoader, UnavailableError
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig
 from logitcache.writer import CacheWriter
@@ -57,6 +57,13 @@ def test_two_servers_each_serve_their_own_shards(tmp_path: Path) -> None:
                 other.create_shard(4, MANIFEST)
             assert client.locate(4) == addresses[1]
 
+            # a cluster writer creates its shard (on addresses[5 % 2]) before its sender routes to it
+            with CacheWriter(client, 5, SamplerConfig(rounds=20), seq_len=SEQ_LEN) as writer:
+                writer.write([0, 1], torch.zeros(2, SEQ_LEN, dtype=torch.int64), torch.randn(2, SEQ_LEN, VOCAB))
+            assert [s.shard_id for s in b.store.shards()] == [1, 3, 4, 5]
+            assert client.list_seqs(5).tolist() == [0, 1]
+            assert writer.stats().positions_per_s > 0
+
             # explicit placement
             client.create_shard(6, ShardManifest(vocab_size=100, method="topk", k=3), address=addresses[1])
             assert client.locate(6) == addresses[1]
@@ -71,14 +78,14 @@ def test_a_server_that_is_down_does_not_stop_routing_to_the_others(tmp_path: Pat
     with running_server(tmp_path) as (server, _):
         live = f"127.0.0.1:{server.port}"
         with CacheClient([dead, live], timeout=5, retries=1) as client:
-            client.create_shard(1, MANIFEST)  # 1 % 2 → the live server
+            client.create_shard(1, MANIFEST, address=live)
             assert client.locate(1) == live
-            with pytest.raises(NotFoundError, match="none of the servers"):
+            assert client.get_shard(1).sequences == 0
+            # shard 2 may be on the server that does not answer: retryable, and not created twice
+            with pytest.raises(UnavailableError, match="did not answer"):
                 client.get_shard(2)
-            # a cluster writer creates its shard before its sender routes to it
-            with CacheWriter(client, 3, SamplerConfig(rounds=20), seq_len=SEQ_LEN) as writer:
-                writer.write([0, 1], torch.zeros(2, SEQ_LEN, dtype=torch.int64), torch.randn(2, SEQ_LEN, VOCAB))
-            assert client.list_seqs(3).tolist() == [0, 1]
+            with pytest.raises(UnavailableError, match="cannot place shard 2"):
+                client.create_shard(2, MANIFEST)
 
 
 def test_long_and_numpy_seq_lists_are_read_in_server_sized_requests(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -12,7 +13,13 @@ import pytest
 import torch
 
 from logitcache import records
-from logitcache.client import AlreadyExistsError, CacheClient, FailedPreconditionError, InvalidArgumentError
+from logitcache.client import (
+    AlreadyExistsError,
+    CacheClient,
+    CacheError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig, sample
 from logitcache.synthetic import lm_like_logits
@@ -237,6 +244,26 @@ def test_invalid_argument_from_the_server_is_permanent(tmp_path: Path) -> None:
         with pytest.raises((InvalidArgumentError, FailedPreconditionError), match="seq_len"):
             writer.close()
         assert client.get_shard(0).sequences == 0
+
+
+def test_a_hung_server_fails_the_writer_within_its_retry_budget(tmp_path: Path) -> None:
+    port = _free_port()
+    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
+    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    try:
+        writer = CacheWriter(client, 0, SAMPLER, vocab_size=V, ack_timeout=1.0, retry_timeout=3.0)
+        server.proc.send_signal(signal.SIGSTOP)  # alive, connected, and silent
+        ids, logits = _batch(2, seed=30)
+        writer.write([0, 1], ids, logits)
+        started = time.perf_counter()
+        with pytest.raises(CacheError):
+            writer.close()
+        assert time.perf_counter() - started < 30
+        assert writer.stats().retries >= 1
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        client.close()
+        server.stop()
 
 
 def test_the_retry_budget_counts_only_the_current_outage(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ __all__ = ["TRANSIENT_ERRORS", "CacheClient", "ShardInfo", "WriteSummary"]
 
 log = logging.getLogger(__name__)
 
-MAX_READ_SEQS = 1 << 16  # the server's limit per Read request: longer seq lists are split
+MAX_READ_SEQS = 1 << 16  # the server's limits per Read request: longer lists are split
+MAX_READ_RANGES = 1 << 12
 TRANSIENT_ERRORS: tuple[type[CacheError], ...] = (UnavailableError, DeadlineExceededError)
 # a Read stream is never cancelled by this side: CANCELLED means the server shut down mid-stream
 _READ_RETRYABLE: tuple[type[CacheError], ...] = (*TRANSIENT_ERRORS, CancelledError)
@@ -125,6 +126,7 @@ class CacheClient:
         self._connections: dict[str, _Connection] = {}
         self._pid = os.getpid()
         self._shard_map: dict[int, str] = {}
+        self._down: list[CacheError] = []  # servers that did not answer the last refresh
 
     @property
     def address(self) -> str:
@@ -211,6 +213,7 @@ class CacheClient:
             raise down[0]
         with self._lock:
             self._shard_map = found
+            self._down = down
         return dict(found)
 
     def locate(self, shard: int) -> str:
@@ -221,6 +224,11 @@ class CacheClient:
         if address is None:
             if len(self.addresses) == 1:
                 return self.address  # the server's own NOT_FOUND says the rest
+            if self._down:  # it may be on a server that did not answer: retryable, not NOT_FOUND
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"shard {shard} not found; some servers did not answer: {self._down[0]}",
+                )
             raise NotFoundError(
                 grpc.StatusCode.NOT_FOUND, f"shard {shard} is on none of the servers {', '.join(self.addresses)}"
             )
@@ -240,7 +248,14 @@ class CacheClient:
             pb.CreateShardRequest, shard=shard, manifest=wire.manifest_to_proto(manifest), exist_ok=exist_ok
         )
         if address is None:
-            address = self.refresh().get(shard) or self.addresses[shard % len(self.addresses)]
+            address = self.refresh().get(shard)
+            if address is None and self._down:  # it may exist on a server that did not answer
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cannot place shard {shard}: some servers did not answer ({self._down[0]}); "
+                    "retry, or name the server with address=",
+                )
+            address = address or self.addresses[shard % len(self.addresses)]
         elif address not in self.addresses:
             raise ValueError(f"address: expected one of {self.addresses}, got {address!r}")
         info = wire.shard_info_from_proto(self._unary(address, "CreateShard", request, idempotent=exist_ok))
@@ -357,13 +372,23 @@ class CacheClient:
         A stream broken by a transient error resumes after the last record delivered.
         """
         all_seqs = [int(s) for s in (() if seqs is None else seqs)]
-        if len(all_seqs) > MAX_READ_SEQS:  # one request per server-sized chunk, in order
-            for at in range(0, len(all_seqs), MAX_READ_SEQS):
-                part = all_seqs[at : at + MAX_READ_SEQS]
-                yield from self.read(shard, seqs=part, window=window, max_message_bytes=max_message_bytes)
+        all_ranges = [(int(a), int(b)) for a, b in (() if ranges is None else ranges)]
+        if all_seqs and all_ranges:
+            raise InvalidArgumentError(
+                grpc.StatusCode.INVALID_ARGUMENT, "read: expected either seqs or ranges, got both"
+            )
+        if len(all_seqs) > MAX_READ_SEQS or len(all_ranges) > MAX_READ_RANGES:  # server-sized requests, in order
+            for at in range(0, max(len(all_seqs), len(all_ranges)), MAX_READ_RANGES if all_ranges else MAX_READ_SEQS):
+                yield from self.read(
+                    shard,
+                    seqs=all_seqs[at : at + MAX_READ_SEQS] if all_seqs else None,
+                    ranges=all_ranges[at : at + MAX_READ_RANGES] if all_ranges else None,
+                    window=window,
+                    max_message_bytes=max_message_bytes,
+                )
             return
         pending_seqs = all_seqs
-        pending_ranges = [(int(a), int(b)) for a, b in (() if ranges is None else ranges)]
+        pending_ranges = all_ranges
         request = self._read_request(shard, pending_seqs, pending_ranges, window, max_message_bytes)
         address = self.locate(shard)
         failures = 0

@@ -165,7 +165,7 @@ class CacheWriter:
         self._written = self._unchanged = self._positions = self._bytes = self._retries = 0
         self._seconds_in_write = 0.0
         self._started = time.perf_counter()
-        self._started = False
+        self._threads_started = False
         self._packer = threading.Thread(target=self._pack_loop, name=f"logitcache-pack-{shard}", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name=f"logitcache-send-{shard}", daemon=True)
         if vocab_size is not None:
@@ -224,8 +224,8 @@ class CacheWriter:
         if self.manifest is None:
             self._create_shard(v)
         assert self.manifest is not None
-        if not self._started:  # once the shard exists: a cluster client routes only to existing shards
-            self._started = True
+        if not self._threads_started:  # once the shard exists: a cluster client routes only to existing shards
+            self._threads_started = True
             self._packer.start()
             self._sender.start()
         if v != self.manifest.vocab_size:
@@ -402,11 +402,10 @@ class CacheWriter:
             with self._cond:
                 if self._error is not None:
                     return
-                if self._closing and self._packer_done and not self._ready and not self._inflight:
+                if self._drained():
                     return
                 self._generation += 1
                 generation = self._generation
-            opened = time.monotonic()
             try:
                 for ack in self.client.write_batches(
                     self.shard, self._requests(generation), overwrite=self.overwrite, on_call=self._set_call
@@ -417,21 +416,27 @@ class CacheWriter:
                 now = time.monotonic()
                 with self._cond:
                     idle = not self._inflight and not self._ready
-                if idle or now - opened > 1.0:  # nothing to lose, or the stream was healthy for a while
-                    failing_since, backoff = None, 0.1 if not idle else backoff
-                failing_since = failing_since or now
-                if not idle and now - failing_since > self.retry_timeout:
+                # the budget runs while there is data to deliver, from the first failure since the last ack
+                failing_since = None if idle else failing_since or now
+                if failing_since is not None and now - failing_since > self.retry_timeout:
                     self._fail(exc)
                     return
                 with self._cond:
                     if self._failed():  # cancelled by _fail or an abort
                         return
-                    log.warning(
-                        "shard %d: %s; resending %d batch(es) in %.1f s", self.shard, exc, len(self._inflight), backoff
-                    )
-                    self._retries += 1
+                    if idle:
+                        log.debug("shard %d: idle stream ended (%s); reopening in %.1f s", self.shard, exc, backoff)
+                    else:
+                        log.warning(
+                            "shard %d: %s; resending %d batch(es) in %.1f s",
+                            self.shard,
+                            exc,
+                            len(self._inflight),
+                            backoff,
+                        )
+                        self._retries += 1
                     until = time.monotonic() + backoff
-                    while not self._failed() and (left := until - time.monotonic()) > 0:
+                    while not self._failed() and not self._drained() and (left := until - time.monotonic()) > 0:
                         self._cond.wait(left)
                 backoff = min(backoff * 2, 5.0)
             except BaseException as exc:  # permanent: refused, conflict, sealed, full, unauthenticated...
@@ -440,6 +445,10 @@ class CacheWriter:
             finally:
                 with self._cond:
                     self._call = None
+
+    def _drained(self) -> bool:
+        """Closing, and everything handed to ``write`` is acknowledged (call with the lock held)."""
+        return self._closing and self._packer_done and not self._ready and not self._inflight
 
     def _failed(self) -> bool:
         return self._error is not None
