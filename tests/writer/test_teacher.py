@@ -151,16 +151,16 @@ def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_pa
         for shard in (10, 11):
             for seq, data in client.read(shard, seqs=client.list_seqs(shard).tolist()):
                 np.testing.assert_array_equal(records.decode(data).input_ids, corpus[seq])
-        # a single-process rerun (another split) finds seqs 5..9 in shard 11 and stores nothing twice
+        # a rerun split differently (rank 0 of 4 takes [0, 2)) finds seqs outside its slice: refused
         rerun = subprocess.run(
             [sys.executable, "-m", "logitcache", *_args(tiny_llama, tmp_path, server.port, "--shard", "10")],
-            env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")},
+            env={**os.environ, "RANK": "0", "WORLD_SIZE": "4"},
             capture_output=True,
             text=True,
             timeout=300,
         )
-        assert rerun.returncode == 0, rerun.stderr
-        assert (_summary(rerun.stdout)["written"], _summary(rerun.stdout)["skipped"]) == (0, 10)
+        assert rerun.returncode == 2
+        assert "outside this rank's slice [0, 2)" in rerun.stderr
         assert client.list_seqs(10).tolist() == [0, 1, 2, 3, 4]
 
 

@@ -373,6 +373,8 @@ class CacheClient:
         """
         all_seqs = [int(s) for s in (() if seqs is None else seqs)]
         all_ranges = [(int(a), int(b)) for a, b in (() if ranges is None else ranges)]
+        if (seqs is not None or ranges is not None) and not all_seqs and not all_ranges:
+            return  # an empty list asks for nothing
         if all_seqs and all_ranges:
             raise InvalidArgumentError(
                 grpc.StatusCode.INVALID_ARGUMENT, "read: expected either seqs or ranges, got both"

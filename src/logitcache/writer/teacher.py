@@ -5,9 +5,8 @@ stored as seq ``i``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RAN
 ``W`` takes the contiguous slice ``[r·n/W, (r+1)·n/W)`` of the sequences and writes shard
 ``--shard + r``, on ``cuda:LOCAL_RANK`` when there is a GPU: many GPUs fill the cache together and
 no two ranks touch the same shard. A rerun skips the seqs its shard already holds, so an
-interrupted job resumes where it stopped. A rerun with another ``WORLD_SIZE`` or ``--limit`` also
-skips seqs that another shard of the same run (equal manifest) holds with the same input ids, so
-nothing is stored twice.
+interrupted job resumes where it stopped. A rerun must use the same ``WORLD_SIZE`` and ``--limit``:
+a shard holding seqs outside its rank's slice is refused (exit 2).
 The shard's manifest records the teacher and the tokenizer's fingerprint; a rerun with another
 teacher, tokenizer or sampler is refused by the server (FAILED_PRECONDITION), never mixed in.
 """
@@ -15,7 +14,6 @@ teacher, tokenizer or sampler is refused by the server (FAILED_PRECONDITION), ne
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -29,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from logitcache import records
 from logitcache.client import CacheClient, NotFoundError
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import METHODS, SamplerConfig
@@ -140,7 +137,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
     client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
     try:
-        todo = _not_yet_stored(client, shard, manifest, sequences, lo, hi)
+        todo = _not_yet_stored(client, shard, lo, hi)
         generator = torch.Generator(device).manual_seed(args.seed + rank)
         started = time.perf_counter()
         with CacheWriter(
@@ -187,33 +184,25 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
 
 
-def _not_yet_stored(
-    client: CacheClient, shard: int, manifest: ShardManifest, sequences: np.ndarray, lo: int, hi: int
-) -> npt.NDArray[np.uint64]:
-    """Seqs of ``[lo, hi)`` stored neither in ``shard`` nor in another shard of the same run.
+def _not_yet_stored(client: CacheClient, shard: int, lo: int, hi: int) -> npt.NDArray[np.uint64]:
+    """Seqs of this rank's slice ``[lo, hi)`` that ``shard`` does not hold yet.
 
-    Another shard with an equal manifest may hold some of them when an earlier run split the
-    corpus differently (another ``WORLD_SIZE`` or ``--limit``): a stored record whose input ids
-    hash to this corpus's sequence counts as done, so nothing is stored twice. One whose ids
-    differ belongs to another corpus and does not count.
+    A shard holding seqs outside the slice was filled by a run that split the corpus differently
+    (another ``WORLD_SIZE`` or ``--limit``): refused, since going on could store seqs twice across
+    shards. (The manifest cannot tell runs apart: two runs may legitimately share one, e.g. two
+    independent samplings of the same corpus.)
     """
-    todo = np.arange(lo, hi, dtype=np.uint64)
-    with contextlib.suppress(NotFoundError):
-        todo = np.setdiff1d(todo, client.list_seqs(shard))
-    for info in client.list_shards():
-        if info.shard == shard or info.manifest != manifest or not todo.size:
-            continue
-        overlap = np.intersect1d(todo, client.list_seqs(info.shard))
-        if not overlap.size:
-            continue
-        done = [
-            seq
-            for seq, data in client.read(info.shard, seqs=overlap.tolist())
-            if records.read_header(data).input_hash == records.input_ids_hash(sequences[seq])
-        ]
-        log.info("shard %d already holds %d of these sequences: skipped", info.shard, len(done))
-        todo = np.setdiff1d(todo, np.array(done, dtype=np.uint64))
-    return todo
+    try:
+        stored = client.list_seqs(shard)
+    except NotFoundError:
+        return np.arange(lo, hi, dtype=np.uint64)
+    outside = stored[(stored < lo) | (stored >= hi)]
+    if outside.size:
+        raise ValueError(
+            f"shard {shard} holds seq {int(outside[0])}, outside this rank's slice [{lo}, {hi}): "
+            "rerun with the WORLD_SIZE and --limit of the run that filled it"
+        )
+    return np.setdiff1d(np.arange(lo, hi, dtype=np.uint64), stored)
 
 
 def _progress(total: int, description: str, disable: bool) -> Any:
