@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from logitcache.cli import main
 
 
-def test_demo_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--vocab-size", "5000", "--seq-len", "32", "--sequences", "2"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["positions"] == 64
-    assert summary["entries_per_position"] >= 1
-    assert summary["bytes_per_position_total"] > 0
+def test_demo_help_lists_the_guided_run_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data-dir", "--grpc", "--http", "--quick", "--no-wait", "--no-progress"):
+        assert flag in out
 
 
-@pytest.mark.parametrize("method", ["systematic", "topk"])
-def test_demo_other_samplers(method: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--vocab-size", "3000", "--seq-len", "16", "--sequences", "1", "--method", method]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == method
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grpc", "nonsense"], "expected host:port, got 'nonsense'"),
+        (["--http", "off"], "the demo needs the viewer"),
+    ],
+)
+def test_demo_bad_addresses_exit_2_with_a_message(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--quick", "--no-wait", "--data-dir", str(tmp_path / "demo"), *flags])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_refuses_a_data_dir_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--no-wait", "--data-dir", str(tmp_path)]) == 2
+    assert "holds files the demo did not make" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_bad_arguments_exit_with_a_message() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "demo", "--rounds", "0"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "logitcache", "demo", "--quick", "--no-wait", "--grpc", "127.0.0.1:99999"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert done.returncode != 0
-    assert "rounds: expected 1 <= rounds <= 65535, got 0" in done.stderr
+    assert done.returncode == 2
+    assert "expected host:port, got '127.0.0.1:99999'" in done.stderr

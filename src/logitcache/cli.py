@@ -6,24 +6,16 @@ Subcommands:
   ``LOGITCACHE_*`` environment variables, which override the defaults (loopback, ``./logitcache-data``).
 * ``logitcache teacher`` — run a Hugging Face causal LM over a corpus and write its sparse targets
   into the cache (see :mod:`logitcache.writer.teacher`); ``torchrun`` splits the work across ranks.
-* ``logitcache demo`` — an end-to-end run of the core on a random teacher: sample a batch of
-  sequences, pack each into a record, decode it back and print what it cost. No server, no GPU.
+* ``logitcache demo`` — a one-minute guided run on the CPU: a server on ``./logitcache-demo-data``, a tiny
+  teacher over a built-in corpus, a student trained from the cache, the viewer until Ctrl-C
+  (see :mod:`logitcache.demo`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-
-from logitcache import records
-from logitcache.sampling import METHODS, SamplerConfig, sample
-from logitcache.synthetic import lm_like_logits
 
 __all__ = ["main"]
 
@@ -50,49 +42,32 @@ def _build_parser() -> argparse.ArgumentParser:
     from logitcache.writer.teacher import add_arguments
 
     add_arguments(teacher)
-    demo = sub.add_parser("demo", help="sample + pack + decode records from a random teacher")
-    demo.add_argument("--vocab-size", type=int, default=128256, help="teacher vocabulary size V")
-    demo.add_argument("--seq-len", type=int, default=256, help="positions per sequence T")
-    demo.add_argument("--sequences", type=int, default=4, help="how many sequences to pack")
-    demo.add_argument("--method", choices=METHODS, default="multinomial", help="sampler")
-    demo.add_argument("--rounds", type=int, default=50, help="N draws per position (random methods)")
-    demo.add_argument("--temperature", type=float, default=1.0, help="proposal temperature t")
-    demo.add_argument("--k", type=int, default=12, help="top-k's k")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of teacher and sampler")
+    demo = sub.add_parser("demo", help="a one-minute guided run: server, teacher, cache, student, viewer")
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("logitcache-demo-data"), help="the demo's own data directory"
+    )
+    demo.add_argument("--grpc", default="127.0.0.1:0", help="gRPC address host:port (default: a free port)")
+    demo.add_argument("--http", default="127.0.0.1:0", help="REST API and viewer host:port (default: a free port)")
+    demo.add_argument("--quick", "--smoke", action="store_true", help="tiny sizes: a few seconds (tests, CI)")
+    demo.add_argument("--no-wait", dest="wait", action="store_false", help="exit after the summary")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
-    config = SamplerConfig(method=args.method, rounds=args.rounds, temperature=args.temperature, k=args.k)
-    gen = torch.Generator().manual_seed(args.seed)
-    total_bytes = 0
-    total_entries = 0
-    started = time.perf_counter()
-    for seq in range(args.sequences):
-        logits = lm_like_logits(args.seq_len, args.vocab_size, generator=gen)  # a random "teacher"
-        input_ids = torch.randint(0, args.vocab_size, (args.seq_len,), generator=gen)
-        targets = sample(logits, config, generator=gen)
-        blob = records.encode(input_ids, targets)
-        decoded = records.decode(blob)
-        if not torch.equal(torch.from_numpy(decoded.token_ids), targets.token_ids):
-            print(f"seq {seq}: round trip changed the token ids", file=sys.stderr)
-            return 1
-        total_bytes += len(blob)
-        total_entries += targets.num_entries
-        print(
-            f"seq {seq}: {targets.num_positions} positions, {targets.num_entries / targets.num_positions:.1f} "
-            f"entries/position, record {len(blob)} bytes ({len(blob) / targets.num_positions:.1f} B/position)"
-        )
-    positions = args.seq_len * args.sequences
-    summary = {
-        "method": args.method,
-        "positions": positions,
-        "entries_per_position": round(total_entries / positions, 2),
-        "bytes_per_position_total": round(total_bytes / positions, 2),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    print(json.dumps(summary))
-    return 0
+    from logitcache.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        data_dir=args.data_dir,
+        grpc=args.grpc,
+        http=args.http,
+        quick=args.quick,
+        wait=args.wait,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    return run_demo(options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
