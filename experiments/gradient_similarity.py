@@ -1,0 +1,424 @@
+"""How close is a sparse-KD gradient to the full-KD gradient? (the paper's Table 3, on a tiny LM)
+
+A small Llama teacher and a smaller Llama student are trained briefly with cross-entropy on the
+offline stdlib corpus (``lm_corpus.py``). Then, for the same student and the same held-fixed batch
+of positions, the gradient of the KD loss with respect to *all the student's parameters* is taken
+with each kind of teacher target:
+
+* full KD (the reference): dense forward KL ``KL(p_teacher || p_student)``;
+* top-k 12 / 50 / 300: the k most probable teacher tokens, renormalised to sum to 1 (the targets
+  as a top-k cache would hand them to the loss);
+* random sampling (RS) with about 12 unique tokens per position: ``N`` draws from the teacher,
+  ``N`` chosen so that the mean number of unique tokens is ≈ 12, multinomial and systematic.
+
+The sparse losses go through ``logitcache.sampling`` and ``logitcache.kd.sparse_kd_loss``
+(``reduction="sum"`` then divided by the number of positions), exactly as training would use them.
+Reported: the angle between each sparse gradient and the full-KD one, and the norm ratio
+``‖g_sparse‖ / ‖g_full‖``, as a function of how many positions the gradient averages over.
+
+Why a function of positions: RS targets are unbiased (``E[target] = p_teacher``), and the loss
+gradient is linear in the target, so the RS gradient is the full-KD gradient plus zero-mean noise
+that averages out over positions; its angle should shrink roughly as ``1/sqrt(positions)``. Top-k
+targets are biased (the tail is cut and the head inflated), and a bias does not average out: its
+angle levels off at a floor. The paper measured at ~1M tokens.
+
+Gradients of a mean over ``P`` positions are accumulated chunk by chunk (one student forward per
+chunk, one backward per method from the logits' gradient), so large ``P`` fits in memory; the
+positions for size ``P`` are the first ``P`` of the largest size, identical for every method.
+Everything is averaged over several seeds (fresh batches and fresh sampling draws).
+
+    python experiments/gradient_similarity.py [--smoke] [--out DIR] [--seed N]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import parser, save_figure, save_json
+from lm_corpus import Corpus, build_corpus, make_llama, random_windows
+from torch import Tensor
+
+from logitcache.kd import sparse_kd_loss
+from logitcache.sampling import sample_random, sample_topk
+
+NAME = "gradient_similarity"
+RSMethod = Literal["multinomial", "systematic"]
+
+# The paper's Table 3 (gradient w.r.t. the student's parameters vs full KD, ~1M tokens).
+PAPER_TABLE3 = {
+    "topk_12": {"angle_deg": 58.0, "norm_ratio": 2.4},
+    "topk_50": {"angle_deg": 48.0, "norm_ratio": 1.8},
+    "topk_300": {"angle_deg": 30.0, "norm_ratio": 1.3},
+    "rs_12": {"angle_deg": 4.0, "norm_ratio": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    layers: int
+    heads: int
+    steps: int  # AdamW steps of cross-entropy training
+    batch: int  # sequences per step
+    lr: float  # peak learning rate (linear warm-up, cosine decay)
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int
+    max_bytes: int | None  # corpus size cap (None: the whole stdlib)
+    seq_len: int
+    teacher: ModelShape
+    student: ModelShape
+    sizes: tuple[int, ...]  # positions per gradient, ascending, each a multiple of chunk
+    chunk: int  # positions per student forward (a multiple of seq_len)
+    seeds: int  # repeats (batches and sampling draws) the angles are averaged over
+    topk: tuple[int, ...]  # top-k baselines
+    target_unique: float  # mean unique tokens per position the RS rounds are tuned to
+
+
+FULL = Config(
+    vocab_size=4096,
+    max_bytes=None,
+    seq_len=128,
+    teacher=ModelShape(hidden=128, layers=4, heads=4, steps=200, batch=16, lr=3e-3),
+    student=ModelShape(hidden=64, layers=2, heads=4, steps=100, batch=16, lr=3e-3),
+    sizes=(1024, 4096, 16384, 65536),
+    chunk=1024,
+    seeds=3,
+    topk=(12, 50, 300),
+    target_unique=12.0,
+)
+
+SMOKE = Config(
+    vocab_size=512,
+    max_bytes=300_000,
+    seq_len=64,
+    teacher=ModelShape(hidden=32, layers=2, heads=2, steps=40, batch=8, lr=1e-2),
+    student=ModelShape(hidden=16, layers=1, heads=2, steps=30, batch=8, lr=1e-2),
+    sizes=(256, 1024, 4096),
+    chunk=256,
+    seeds=2,
+    topk=(12, 50, 300),
+    target_unique=12.0,
+)
+
+
+def train_lm(model: Any, tokens: np.ndarray, shape: ModelShape, seq_len: int, rng: np.random.Generator) -> float:
+    """Cross-entropy training on random windows; returns the mean loss of the last 10% of steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=shape.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, shape.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, shape.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[float] = []
+    for _ in range(shape.steps):
+        batch = random_windows(tokens, seq_len, shape.batch, rng)
+        logits = model(batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return float(np.mean(tail))
+
+
+@torch.no_grad()
+def val_loss(model: Any, tokens: np.ndarray, seq_len: int, rng: np.random.Generator, batches: int = 4) -> float:
+    losses = []
+    for _ in range(batches):
+        batch = random_windows(tokens, seq_len, 16, rng)
+        logits = model(batch[:, :-1]).logits
+        losses.append(float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))))
+    return float(np.mean(losses))
+
+
+def mean_unique(teacher_logits: Tensor, rounds: int, method: RSMethod, seed: int) -> float:
+    generator = torch.Generator().manual_seed(seed)
+    targets = sample_random(teacher_logits, rounds, method=method, generator=generator)
+    return float(targets.entry_counts().float().mean())
+
+
+def tune_rounds(teacher_logits: Tensor, method: RSMethod, target: float, seed: int) -> int:
+    """The ``N`` whose mean unique-token count on ``teacher_logits [P, V]`` is closest to ``target``."""
+    lo, hi = 1, 2
+    while mean_unique(teacher_logits, hi, method, seed) < target and hi < 65535:
+        lo, hi = hi, min(2 * hi, 65535)
+    while hi - lo > 1:  # invariant: unique(lo) < target <= unique(hi) (lo = 1 may also reach it)
+        mid = (lo + hi) // 2
+        if mean_unique(teacher_logits, mid, method, seed) < target:
+            lo = mid
+        else:
+            hi = mid
+    below, above = mean_unique(teacher_logits, lo, method, seed), mean_unique(teacher_logits, hi, method, seed)
+    return lo if abs(below - target) < abs(above - target) else hi
+
+
+def logit_grad(student_logits: Tensor, loss_fn: Any) -> Tensor:
+    """``d loss / d logits`` for a loss of the (detached) student logits ``[P, V]``."""
+    leaf = student_logits.detach().requires_grad_(True)
+    loss = loss_fn(leaf)
+    loss.backward()
+    assert leaf.grad is not None
+    return leaf.grad
+
+
+def sparse_loss(ids: Tensor, probs: Tensor) -> Any:
+    return lambda logits: sparse_kd_loss(logits, ids, probs, reduction="sum")
+
+
+def dense_kl(teacher_logits: Tensor) -> Any:
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    return lambda logits: F.kl_div(F.log_softmax(logits, dim=-1), log_p, log_target=True, reduction="sum")
+
+
+def run_seed(
+    cfg: Config,
+    teacher: Any,
+    student: Any,
+    tokens: np.ndarray,
+    rounds: dict[RSMethod, int],
+    seed: tuple[int, int],
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Angles (degrees) and norm ratios vs full KD at every size in ``cfg.sizes``, for one seed.
+
+    Also returns the mean entries per position of each sparse method over all positions.
+    """
+    rng = np.random.default_rng(list(seed))
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    params = [p for p in student.parameters() if p.requires_grad]
+    methods = ["full", *(f"topk_{k}" for k in cfg.topk), *(f"rs_{m}" for m in rounds)]
+    sums = {m: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64) for m in methods}
+    entries = dict.fromkeys(methods[1:], 0.0)
+    angles: dict[str, list[float]] = {m: [] for m in methods[1:]}
+    norms: dict[str, list[float]] = {m: [] for m in methods[1:]}
+    seqs = cfg.chunk // cfg.seq_len
+    done = 0
+    while done < cfg.sizes[-1]:
+        batch = random_windows(tokens, cfg.seq_len, seqs, rng)[:, :-1]
+        with torch.no_grad():
+            t_logits = teacher(batch).logits.reshape(-1, teacher.config.vocab_size).float()
+        s_logits = student(batch).logits.reshape(-1, student.config.vocab_size)
+        grads: dict[str, Tensor] = {"full": logit_grad(s_logits, dense_kl(t_logits))}
+        for k in cfg.topk:
+            top = sample_topk(t_logits, k)
+            ids, probs = top.to_padded()
+            probs = probs / probs.sum(dim=-1, keepdim=True)  # renormalised top-k
+            grads[f"topk_{k}"] = logit_grad(s_logits, sparse_loss(ids, probs))
+            entries[f"topk_{k}"] += float(top.entry_counts().sum())
+        for method, n in rounds.items():
+            drawn = sample_random(t_logits, n, method=method, generator=generator)
+            ids, probs = drawn.to_padded()
+            grads[f"rs_{method}"] = logit_grad(s_logits, sparse_loss(ids, probs))
+            entries[f"rs_{method}"] += float(drawn.entry_counts().sum())
+        for i, m in enumerate(methods):  # backprop each logit gradient through the student
+            param_grads = torch.autograd.grad(
+                s_logits, params, grad_outputs=grads[m], retain_graph=i < len(methods) - 1
+            )
+            sums[m] += torch.cat([g.reshape(-1) for g in param_grads]).double()
+        done += cfg.chunk
+        if done in cfg.sizes:  # the gradient of the mean over `done` positions is sums / done
+            ref = sums["full"]
+            for m in methods[1:]:
+                cos = float(torch.dot(sums[m], ref) / (sums[m].norm() * ref.norm()))
+                angles[m].append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+                norms[m].append(float(sums[m].norm() / ref.norm()))
+    return angles, norms, {m: v / done for m, v in entries.items()}
+
+
+def log(message: str, start: float) -> None:
+    print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def loglog_slope(xs: list[int], ys: list[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x``."""
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def plot(result: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    sizes = result["positions"]
+    fig, (ax_a, ax_n) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {
+        "topk_12": ("tab:red", "o"),
+        "topk_50": ("tab:orange", "o"),
+        "topk_300": ("tab:olive", "o"),
+        "rs_multinomial": ("tab:blue", "s"),
+        "rs_systematic": ("tab:cyan", "s"),
+    }
+    for m, (color, marker) in styles.items():
+        a, n = result["angle_deg"][m], result["norm_ratio"][m]
+        label = m.replace("topk_", "top-k ").replace("rs_", "RS ≈12 unique, ")
+        ax_a.errorbar(sizes, a["mean"], yerr=a["std"], color=color, marker=marker, label=label, capsize=3)
+        ax_n.errorbar(sizes, n["mean"], yerr=n["std"], color=color, marker=marker, label=label, capsize=3)
+    first = result["angle_deg"]["rs_multinomial"]["mean"][0]
+    ax_a.plot(sizes, [first * math.sqrt(sizes[0] / s) for s in sizes], "k:", label="∝ 1/√positions")
+    paper_x = 1_000_000
+    for key, color in (("topk_12", "tab:red"), ("topk_50", "tab:orange"), ("topk_300", "tab:olive"), ("rs_12", "k")):
+        ax_a.plot(paper_x, PAPER_TABLE3[key]["angle_deg"], "x", color=color, markersize=9)
+        ax_n.plot(paper_x, PAPER_TABLE3[key]["norm_ratio"], "x", color=color, markersize=9)
+    ax_a.plot([], [], "kx", label="paper Table 3 (~1M tokens)")
+    ax_a.set(xscale="log", yscale="log", xlabel="positions in the batch", ylabel="angle to full-KD gradient (°)")
+    ax_n.set(xscale="log", xlabel="positions in the batch", ylabel="‖g_sparse‖ / ‖g_full KD‖")
+    ax_n.axhline(1.0, color="grey", lw=0.8)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax_a.yaxis.set_major_formatter(ScalarFormatter())
+    ax_a.yaxis.set_minor_formatter(ScalarFormatter())
+    ax_a.grid(True, which="both", alpha=0.3)
+    ax_n.grid(True, which="both", alpha=0.3)
+    ax_a.legend(fontsize=8)
+    fig.suptitle(
+        f"Student-parameter gradient vs full KD, mean ± std over {result['setup']['seeds']} seeds "
+        f"(V = {result['setup']['vocab_size']})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def describe(model: Any, shape: ModelShape, loss: float, val: float) -> dict[str, Any]:
+    return {
+        **asdict(shape),
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_loss_end": round(loss, 4),
+        "val_loss": round(val, 4),
+    }
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    cfg = SMOKE if args.smoke else FULL
+    if any(size % cfg.chunk for size in cfg.sizes) or cfg.chunk % cfg.seq_len:
+        raise ValueError(f"sizes {cfg.sizes} must be multiples of chunk {cfg.chunk}, itself of seq_len {cfg.seq_len}")
+    torch.set_num_threads(1)  # the CPUs are shared: oversubscribed threads cost far more than they give
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gradsim-corpus-") as tmp:
+        # the full corpus is shared with the other LM experiments; the smoke one is throwaway
+        corpus_dir = Path(tmp) if args.smoke else args.out.resolve().parent / ".cache" / "lm_corpus"
+        corpus: Corpus = build_corpus(corpus_dir, vocab_size=cfg.vocab_size, max_bytes=cfg.max_bytes)
+        train, val = np.array(corpus.tokens("train")), np.array(corpus.tokens("val"))
+    if corpus.vocab_size != cfg.vocab_size:
+        raise RuntimeError(f"corpus at {corpus_dir}: expected vocab {cfg.vocab_size}, got {corpus.vocab_size}")
+    rng = np.random.default_rng(args.seed)
+    models = {}
+    for role, shape, offset in (("teacher", cfg.teacher, 0), ("student", cfg.student, 1)):
+        model = make_llama(
+            corpus.vocab_size,
+            hidden=shape.hidden,
+            layers=shape.layers,
+            heads=shape.heads,
+            seq_len=cfg.seq_len,
+            seed=args.seed + offset,
+        )
+        loss = train_lm(model, train, shape, cfg.seq_len, rng)
+        models[role] = (model, describe(model, shape, loss, val_loss(model, val, cfg.seq_len, rng)))
+        log(f"{role}: {models[role][1]}", start)
+    teacher, student = models["teacher"][0], models["student"][0]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    trained = time.perf_counter()
+
+    # tune N on a calibration batch of teacher distributions (positions not used below)
+    with torch.no_grad():
+        calib = random_windows(train, cfg.seq_len, max(1, 8192 // cfg.seq_len), rng)[:, :-1]
+        calib_logits = torch.cat(
+            [teacher(part).logits.reshape(-1, corpus.vocab_size).float() for part in calib.split(16)]
+        )
+    methods: tuple[RSMethod, ...] = ("multinomial", "systematic")
+    rounds = {m: tune_rounds(calib_logits, m, cfg.target_unique, args.seed) for m in methods}
+    probs = calib_logits.softmax(dim=-1)
+    entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean())
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    topk_mass = {str(k): round(float(sorted_probs[:, :k].sum(-1).mean()), 4) for k in cfg.topk}
+
+    per_seed: list[dict[str, Any]] = []
+    for s in range(cfg.seeds):
+        angles, norms, entries = run_seed(cfg, teacher, student, train, rounds, (args.seed, s))
+        per_seed.append({"angle_deg": angles, "norm_ratio": norms, "entries_per_position": entries})
+        last = {m: round(a[-1], 2) for m, a in angles.items()}
+        log(f"seed {s}: angles (degrees) at {cfg.sizes[-1]} positions {last}", start)
+    names = list(per_seed[0]["angle_deg"])
+
+    def stats(key: str, m: str) -> dict[str, list[float]]:
+        values = np.array([r[key][m] for r in per_seed])  # [seeds, sizes]
+        return {"mean": np.round(values.mean(0), 4).tolist(), "std": np.round(values.std(0), 4).tolist()}
+
+    sizes = list(cfg.sizes)
+    angle = {m: stats("angle_deg", m) for m in names}
+    norm = {m: stats("norm_ratio", m) for m in names}
+    slopes = {m: round(loglog_slope(sizes, angle[m]["mean"]), 3) for m in names}
+    entries_mean = {m: round(float(np.mean([r["entries_per_position"][m] for r in per_seed])), 3) for m in names}
+    wall = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "experiment": NAME,
+        "smoke": args.smoke,
+        "seed": args.seed,
+        "setup": {
+            "corpus": corpus.description,
+            "vocab_size": corpus.vocab_size,
+            "seq_len": cfg.seq_len,
+            "teacher": models["teacher"][1],
+            "student": models["student"][1],
+            "training": "both models: AdamW, cross-entropy on random train windows, from random init",
+            "seeds": cfg.seeds,
+            "chunk_positions": cfg.chunk,
+            "rs_rounds": rounds,
+            "rs_target_unique": cfg.target_unique,
+            "teacher_entropy_nats": round(entropy, 3),
+            "teacher_topk_mass": topk_mass,
+            "gradient": "all student parameters; full KD = dense KL(p_teacher || p_student) summed over positions "
+            "/ positions; sparse = sparse_kd_loss(reduction='sum') / positions, top-k renormalised",
+        },
+        "methods": names,
+        "positions": sizes,
+        "angle_deg": angle,
+        "norm_ratio": norm,
+        "angle_loglog_slope": slopes,
+        "entries_per_position": entries_mean,
+        "per_seed": per_seed,
+        "paper_table3": PAPER_TABLE3,
+        "train_seconds": round(trained - start, 1),
+        "wall_seconds": round(wall, 1),
+    }
+    result["summary"] = {
+        "experiment": NAME,
+        "smoke": args.smoke,
+        "positions": sizes[-1],
+        "angle_deg": {m: round(angle[m]["mean"][-1], 2) for m in names},
+        "norm_ratio": {m: round(norm[m]["mean"][-1], 3) for m in names},
+        "angle_loglog_slope": slopes,
+        "rs_rounds": rounds,
+        "wall_seconds": result["wall_seconds"],
+    }
+    save_json(args.out, NAME, result)
+    import matplotlib.pyplot as plt
+
+    fig = plot(result)
+    save_figure(args.out, NAME, fig)
+    plt.close(fig)
+    print(json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""``experiments/gradient_similarity.py --smoke`` runs end to end and shows RS's gradient beating top-k's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("topk_12", "topk_50", "topk_300", "rs_multinomial", "rs_systematic")
+
+
+def test_gradient_similarity_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["experiment"] == "gradient_similarity"
+    assert summary["smoke"] is True
+    assert (tmp_path / "gradient_similarity.png").stat().st_size > 0
+
+    result = json.loads((tmp_path / "gradient_similarity.json").read_text())
+    for key in ("setup", "methods", "positions", "angle_deg", "norm_ratio", "angle_loglog_slope", "summary"):
+        assert key in result, key
+    assert tuple(result["methods"]) == METHODS
+    sizes = result["positions"]
+    assert sizes == sorted(sizes)
+    assert len(sizes) >= 3
+    for method in METHODS:
+        angles = result["angle_deg"][method]["mean"]
+        norms = result["norm_ratio"][method]["mean"]
+        assert len(angles) == len(norms) == len(sizes)
+        assert all(0.0 <= a <= 180.0 for a in angles), method
+        assert all(n > 0 for n in norms), method
+    rs_unique = result["entries_per_position"]["rs_multinomial"]
+    assert 9.0 <= rs_unique <= 15.0  # N was tuned for ≈ 12 unique tokens per position
+
+    angle = {m: result["angle_deg"][m]["mean"] for m in METHODS}
+    for rs in ("rs_multinomial", "rs_systematic"):
+        # sampling noise averages out over positions, top-k 12's bias does not
+        assert angle[rs][-1] < angle["topk_12"][-1], (rs, angle)
+        assert angle[rs][-1] < angle[rs][0] / 2, (rs, angle[rs])
+    # RS's norm ratio tends to 1 (unbiased); top-k 12's stays inflated
+    assert abs(result["norm_ratio"]["rs_multinomial"]["mean"][-1] - 1.0) < 0.2
+    assert result["norm_ratio"]["topk_12"]["mean"][-1] > 1.2
