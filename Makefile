@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench proto clean
+.PHONY: run demo test lint typecheck pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+demo: $(STAMP)  ## a one-minute guided run: server, tiny teacher, cached targets, student, viewer
+	$(BIN)/logitcache demo
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py
 	$(BIN)/python benchmarks/bench_kd_loss.py
 	$(BIN)/python benchmarks/bench_server.py
 	$(BIN)/python benchmarks/bench_loader.py
+	$(BIN)/python benchmarks/bench_training.py
 
 proto: $(STAMP)  ## regenerate src/logitcache/proto/ from proto/ (tests fail while they are stale)
 	$(BIN)/python -m logitcache.proto.generate

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from common import cache_server, parser, save_figure, save_json
 from lm_corpus import build_corpus, make_llama, random_windows
 from torch import Tensor
+from transformers import AutoModelForCausalLM
 
 from logitcache import records
 from logitcache.client import CacheClient, SparseKDBatch, SparseKDLoader
@@ -161,7 +162,8 @@ def _train_student(
         sched.step()
         if step % cfg["curve_every"] == 0 or step == cfg["student_steps"]:
             model.eval()
-            curve.append((step, _evaluate(model, teacher_top1, eval_ids[:64])["lm_loss"]))
+            few = min(64, len(eval_ids))  # a subset for the curve: its teacher top-1s are the first few rows
+            curve.append((step, _evaluate(model, teacher_top1[: few * cfg["seq_len"]], eval_ids[:few])["lm_loss"]))
             model.train()
         if step == cfg["student_steps"]:
             break
@@ -178,11 +180,14 @@ def main() -> None:
     work = args.out / ".work" / ("tiny_lm_smoke" if args.smoke else "tiny_lm")
     corpus = build_corpus(work / "corpus", vocab_size=cfg["vocab"], max_bytes=cfg["corpus_bytes"])
     train, val = corpus.tokens("train"), corpus.tokens("val")
-    teacher = _train_teacher(cfg, train, corpus.vocab_size, args.seed)
     model_dir = work / "teacher"
-    teacher.save_pretrained(str(model_dir))
-    for f in corpus.tokenizer_dir.iterdir():  # the teacher directory carries its tokenizer
-        (model_dir / f.name).write_bytes(f.read_bytes())
+    if (model_dir / "config.json").exists():  # trained by an earlier run with these settings (delete to retrain)
+        teacher = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    else:
+        teacher = _train_teacher(cfg, train, corpus.vocab_size, args.seed)
+        teacher.save_pretrained(str(model_dir))
+        for f in corpus.tokenizer_dir.iterdir():  # the teacher directory carries its tokenizer
+            (model_dir / f.name).write_bytes(f.read_bytes())
     teacher_seconds = time.perf_counter() - started
 
     rng = np.random.default_rng(args.seed + 100)
