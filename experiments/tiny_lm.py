@@ -12,7 +12,8 @@
 5. Held-out evaluation: LM loss, ECE and top-1 agreement with the teacher, and the percentage of
    the CE → full-KD loss gap each method closes (the paper's metric). Loss curves.
 
-``python experiments/tiny_lm.py`` (about 25 minutes on 2 CPU cores), ``--smoke`` for seconds.
+``python experiments/tiny_lm.py`` (about 35 minutes on 2 CPU cores, most of it training the teacher, which
+later runs reuse from ``results/.work/``); ``--smoke`` for a run of seconds.
 """
 
 from __future__ import annotations
