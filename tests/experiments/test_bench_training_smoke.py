@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.experiments.scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = (
     "tokens_per_s_ce",
     "tokens_per_s_rs_cached",
@@ -18,16 +14,7 @@ KEYS = (
 
 
 def test_bench_training_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/bench_training.py", "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_script("benchmarks/bench_training.py", "--smoke", timeout=240)
     for key in KEYS:
         assert isinstance(summary[key], int | float), key
         assert summary[key] > 0, key

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.experiments.scripts import run_script
+
 METHODS = ("topk_12", "topk_50", "topk_300", "rs_multinomial", "rs_systematic")
 
 
 def test_gradient_similarity_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_script("experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path), timeout=240)
     assert summary["experiment"] == "gradient_similarity"
     assert summary["smoke"] is True
     assert (tmp_path / "gradient_similarity.png").stat().st_size > 0

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.experiments.scripts import run_script
+
 MODELS = ("teacher", "ce", "full_kd", "topk", "rs_multinomial", "rs_systematic")
 CACHED = ("topk", "rs_multinomial", "rs_systematic")
 
 
 def test_synthetic_calibration_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "experiments/synthetic_calibration.py", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_script("experiments/synthetic_calibration.py", "--smoke", "--out", str(tmp_path), timeout=240)
     assert summary["experiment"] == "synthetic_calibration"
     assert summary["smoke"] is True
     assert (tmp_path / "synthetic_calibration.png").stat().st_size > 0

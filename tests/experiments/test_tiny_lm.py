@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.experiments.scripts import run_script
 
 
 def test_tiny_lm_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "experiments/tiny_lm.py", "--smoke", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    summary = run_script("experiments/tiny_lm.py", "--smoke", "--out", str(tmp_path), timeout=600)
     result = json.loads((tmp_path / "tiny_lm.json").read_text())
     methods = result["methods"]
     assert set(methods) == {
@@ -38,4 +28,4 @@ def test_tiny_lm_smoke(tmp_path: Path) -> None:
     assert result["cache"]["rs_multinomial"]["written"] == result["cached_sequences"]  # through the real CLI
     assert result["entries_per_position"]["topk12"] == 12
     assert (tmp_path / "tiny_lm_curves.png").stat().st_size > 0
-    assert json.loads(done.stdout.strip().splitlines()[-1]).keys() == methods.keys()
+    assert summary.keys() == methods.keys()

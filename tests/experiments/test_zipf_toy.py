@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.experiments.scripts import run_script
+
 METHODS = ("topk", "naive_fix", "naive_fix_expected", "rs_multinomial", "rs_systematic")
 METRICS = ("tv", "kl", "missing_mass", "top1_ratio", "unique_per_round", "tv_single_round", "first_50")
 
 
 def test_zipf_toy_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "experiments/zipf_toy.py", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = run_script("experiments/zipf_toy.py", "--smoke", "--out", str(tmp_path), timeout=240)
     assert summary["experiment"] == "zipf_toy"
     assert summary["smoke"] is True
     assert (tmp_path / "zipf_toy.png").stat().st_size > 0
