@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_server.py
 	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_soak.py
 
 proto: $(STAMP)  ## regenerate src/logitcache/proto/ from proto/ (tests fail while they are stale)
 	$(BIN)/python -m logitcache.proto.generate
