@@ -28,12 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from server_process import start_server
 
 from logitcache import records
 from logitcache.client import CacheClient, SparseKDLoader
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig, SparseTargets, sample, sample_random
+from logitcache.server.process import ServerProcess
 from logitcache.synthetic import lm_like_logits
 from logitcache.writer import CacheWriter
 
@@ -68,9 +68,9 @@ def main() -> None:
     positions = args.records * args.seq_len
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp))
+        server = ServerProcess(Path(tmp), http=False)
         try:
-            client = CacheClient(f"127.0.0.1:{port}", timeout=120)
+            client = CacheClient(server.address, timeout=120)
             manifest = ShardManifest(vocab_size=args.vocab_size, method="sampled", rounds=50, seq_len=args.seq_len)
             client.create_shard(0, manifest)
             client.write(0, items)
@@ -123,8 +123,7 @@ def main() -> None:
             assert writer_stats.positions_acked == args.writer_calls * b * t
             client.close()
         finally:
-            proc.kill()
-            proc.wait()
+            server.stop()
 
     result = {
         "records": args.records,

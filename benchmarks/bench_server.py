@@ -24,12 +24,12 @@ from pathlib import Path
 
 import lmdb
 import torch
-from server_process import start_server
 
 from logitcache import records
 from logitcache.client import CacheClient
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SparseTargets, sample_random
+from logitcache.server.process import ServerProcess
 from logitcache.synthetic import lm_like_logits
 
 
@@ -63,9 +63,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        proc, port = start_server(data_dir)
+        server = ServerProcess(data_dir, http=False)
         try:
-            address = f"127.0.0.1:{port}"
+            address = server.address
             with CacheClient(address) as client:
                 for shard in shards:
                     client.create_shard(shard, manifest)
@@ -104,8 +104,8 @@ def main() -> None:
                 best_raw = max(best_raw, got / (time.perf_counter() - start))
             env.close()
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            server.proc.terminate()  # graceful
+            server.proc.wait(timeout=60)
 
     result = {
         "records": args.records,

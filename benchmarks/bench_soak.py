@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from server_process import start_server
 
 from logitcache import records
 from logitcache.client import CacheClient
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SparseTargets, sample_random
+from logitcache.server.process import ServerProcess
 from logitcache.synthetic import lm_like_logits
 
 WRITERS = 4
@@ -68,8 +68,8 @@ def main() -> None:
     records_read = 0
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp))
-        address = f"127.0.0.1:{port}"
+        server = ServerProcess(Path(tmp), http=False)
+        address = server.address
         try:
             with CacheClient(address, timeout=60) as admin:
                 for shard in range(WRITERS):
@@ -151,8 +151,7 @@ def main() -> None:
                     found = dict(client.read(shard, seqs=seqs)) if seqs else {}
                     lost += sum(1 for s in seqs if found.get(s) != written[(shard, s)])
         finally:
-            proc.kill()
-            proc.wait()
+            server.stop()
 
     for line in errors[:10]:
         print(line)

@@ -45,12 +45,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from server_process import start_server
 from torch import Tensor
 
 from logitcache.client import CacheClient, SparseKDLoader
 from logitcache.kd import sparse_kd_loss
 from logitcache.sampling import SamplerConfig
+from logitcache.server.process import ServerProcess
 from logitcache.writer import CacheWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
@@ -223,9 +223,9 @@ def main() -> None:
     student = make_llama(v, hidden=hidden, layers=layers, heads=heads, seq_len=t, seed=0)
     per_ratio: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp))
+        server = ServerProcess(Path(tmp), http=False)
         try:
-            with CacheClient(f"127.0.0.1:{port}", timeout=120) as client:
+            with CacheClient(server.address, timeout=120) as client:
                 for shard, (th, tl, tn) in enumerate(args.teachers):
                     teacher = make_llama(v, hidden=th, layers=tl, heads=tn, seq_len=t, seed=shard + 1).eval()
                     if args.teacher_logit_std > 0:
@@ -236,8 +236,7 @@ def main() -> None:
                     per_ratio.append(result)
                     print(json.dumps({key: val for key, val in result.items() if key != "block_s"}), file=sys.stderr)
         finally:
-            proc.kill()
-            proc.wait()
+            server.stop()
     head = max(per_ratio, key=lambda r: float(r["teacher_student_ratio"]))
     summary = {
         "tokens_per_s_ce": head["tokens_per_s_ce"],

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 from logitcache.client import CacheClient
+from logitcache.server.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -42,33 +38,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 def cache_server(data_dir: Path | None = None) -> Iterator[CacheClient]:
     """A real ``logitcache serve`` process on a free loopback port (no HTTP); yields a client to it."""
     with tempfile.TemporaryDirectory(prefix="logitcache-exp-") as tmp:
-        directory = data_dir or Path(tmp)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(directory), "--grpc", "127.0.0.1:0",
-             "--http", "off", "--log-level", "INFO"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        server = ServerProcess(data_dir or Path(tmp), http=False)
         try:
-            port = _wait_for_port(proc)
-            with CacheClient(f"127.0.0.1:{port}", timeout=120) as client:
+            with server.client(timeout=120) as client:
                 yield client
         finally:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_for_port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        found = re.search(r"serving grpc://[\d.]+:(\d+)", line)
-        if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return int(found.group(1))
-        if time.monotonic() > deadline:
-            break
-    raise RuntimeError("the cache server did not start")
+            server.stop()
 
 
 def save_json(out: Path, name: str, result: dict[str, Any]) -> Path:

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-EOS = "<|endoftext|>"
+from logitcache.demo import EOS, train_tokenizer  # the same byte-level BPE the demo trains
 
 
 @dataclass(frozen=True)
@@ -61,16 +60,7 @@ def build_corpus(out: Path, *, vocab_size: int = 4096, max_bytes: int | None = N
     val = [t for i, t in enumerate(texts) if i % 20 == 19] or texts[-1:]
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").exists():
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(train, trainer=trainer)
+        tok = train_tokenizer(train, vocab_size)
         PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(str(tokenizer_dir))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
     eos = tokenizer.convert_tokens_to_ids(EOS)

@@ -13,9 +13,9 @@ import torch
 from logitcache.client import CacheClient, NotFoundError, SparseKDLoader, UnavailableError
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig
+from logitcache.server.process import ServerProcess
 from logitcache.writer import CacheWriter
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
-from tests.server.process import ServerProcess
 
 
 def test_list_seqs_gives_runs_of_stored_seqs(tmp_path: Path) -> None:

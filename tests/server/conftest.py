@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.server.process import ServerProcess
+from logitcache.server.process import ServerProcess
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from logitcache.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 from logitcache.sampling import sample_random
+from logitcache.server.process import ServerProcess
 from logitcache.synthetic import lm_like_logits
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records
-from tests.server.process import ServerProcess
 
 TOKEN = "s3cret-token"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from logitcache import records
 from logitcache.client import CacheError
+from logitcache.server.process import ServerProcess
 from tests.server.helpers import MANIFEST, make_records
-from tests.server.process import ServerProcess
 
 
 def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path, started: list[ServerProcess]) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from logitcache import records
 from logitcache.client import CacheClient, CacheError, ResourceExhaustedError
+from logitcache.server.process import ServerProcess
 from tests.server.helpers import MANIFEST, make_records
-from tests.server.process import ServerProcess
 
 STREAMS = 4
 CYCLES = 10

@@ -22,10 +22,10 @@ from logitcache.client import (
 )
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig, sample
+from logitcache.server.process import ServerProcess
 from logitcache.synthetic import lm_like_logits
 from logitcache.writer import CacheWriter, WriterClosedError
 from tests.server.helpers import running_server
-from tests.server.process import ServerProcess
 
 V = 500
 T = 16

@@ -15,8 +15,8 @@ from tokenizers.models import WordLevel
 
 from logitcache import records
 from logitcache.client import FailedPreconditionError
+from logitcache.server.process import ServerProcess
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
-from tests.server.process import ServerProcess
 
 
 def _tiny_tokenizer(path: Path) -> Path:

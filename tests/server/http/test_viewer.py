@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from logitcache import records
+from logitcache.server.process import ServerProcess
 from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records
 from tests.server.http.test_routes import _tiny_tokenizer
-from tests.server.process import ServerProcess
 
 CHROMIUM = os.environ.get("LOGITCACHE_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Chromium at {CHROMIUM}")
