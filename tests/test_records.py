@@ -573,3 +573,17 @@ def test_slice_positions_is_a_record_of_its_own(kind: str, dense: bool) -> None:
     assert window.header.input_hash == records.input_ids_hash(full.input_ids[7:19])
     with pytest.raises(ValueError, match=r"window: expected 0 <= start < end <= T = 30, got \[5, 31\)"):
         records.slice_positions(data, 5, 31)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_record_target_probs_match_the_targets(temperature: float, normalize: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = lm_like_logits(16, 500, generator=gen)
+    targets = sample_random(logits, 30, temperature=temperature, generator=gen)
+    record = records.decode(records.encode(torch.randint(0, 500, (16,), generator=gen), targets))
+    expected = targets.target_probs(normalize=normalize).numpy()
+    np.testing.assert_allclose(record.target_probs(normalize=normalize), expected, rtol=1e-6)
+    np.testing.assert_allclose(record.target_probs(normalize=normalize, dtype=np.float64), expected, rtol=1e-6)
+    topk = records.decode(records.encode(torch.zeros(16, dtype=torch.int64), sample_topk(logits, 4)))
+    np.testing.assert_allclose(topk.target_probs(), topk.values, rtol=0)

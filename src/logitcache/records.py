@@ -69,7 +69,7 @@ import dataclasses
 import math
 import struct
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -391,6 +391,23 @@ class Record:
     values: IntArray | FloatArray  # [E] int64 counts (sampled) | float32 probabilities (top-k)
     offsets: IntArray  # [T + 1] int64
     weights: FloatArray | None  # [E] float32 p/q when WEIGHTED
+
+    def target_probs(
+        self, *, normalize: bool = True, dtype: type[np.floating[Any]] = np.float32
+    ) -> npt.NDArray[np.floating[Any]]:
+        """Each entry's target probability in ``dtype``, as :meth:`SparseTargets.target_probs` computes it."""
+        h = self.header
+        probs: npt.NDArray[np.floating[Any]] = self.values.astype(dtype, copy=False)
+        if h.kind == "topk":
+            return probs
+        if self.weights is not None:
+            probs = probs * self.weights.astype(dtype)
+            if normalize:  # count·w / Σ count·w per position
+                totals = np.add.reduceat(probs, self.offsets[:-1]) if probs.size else probs
+                probs = probs / np.repeat(np.where(totals > 0, totals, dtype(1)), np.diff(self.offsets))
+                return probs
+        probs = probs / dtype(h.rounds)
+        return probs
 
     def to_targets(self, device: torch.device | str | None = None) -> SparseTargets:
         """The record's targets as :class:`SparseTargets` on ``device`` (CPU by default)."""

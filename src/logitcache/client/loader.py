@@ -358,7 +358,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         tid[filled] = np.concatenate([r.token_ids for r in decoded])
         tp = target_probs.numpy()
         tp.fill(0)
-        tp[filled] = np.concatenate([_probs(r, self.normalize) for r in decoded])
+        tp[filled] = np.concatenate([r.target_probs(normalize=self.normalize) for r in decoded])
         return SparseKDBatch(
             input_ids=input_ids,
             labels=labels,
@@ -375,22 +375,6 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=pin)
-
-
-def _probs(record: records.Record, normalize: bool) -> npt.NDArray[np.float32]:
-    """Each entry's target probability (as ``SparseTargets.target_probs``), in numpy."""
-    h = record.header
-    if h.kind == "topk":
-        return record.values.astype(np.float32, copy=False)
-    mass = record.values.astype(np.float32)
-    if record.weights is None:
-        return mass / np.float32(h.rounds)
-    mass *= record.weights
-    if not normalize:
-        return mass / np.float32(h.rounds)
-    totals = np.add.reduceat(mass, record.offsets[:-1]) if mass.size else mass
-    out: npt.NDArray[np.float32] = mass / np.repeat(totals, np.diff(record.offsets))
-    return out
 
 
 class _Prefetcher:

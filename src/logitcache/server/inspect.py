@@ -10,29 +10,16 @@ misses the unsampled tail.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from logitcache.records import Record
 
-__all__ = ["PositionSummary", "ShardSample", "position_entries", "summarize", "target_probs"]
+__all__ = ["PositionSummary", "ShardSample", "position_entries", "summarize"]
 
-FloatArray = npt.NDArray[np.float64]
-
-
-def target_probs(record: Record) -> FloatArray:
-    """Target probability of every entry, ``[E]`` float64 (see :meth:`SparseTargets.target_probs`)."""
-    h = record.header
-    values = record.values.astype(np.float64)
-    if h.kind == "topk":
-        return values
-    if record.weights is None:
-        return values / h.rounds
-    mass = values * record.weights.astype(np.float64)
-    totals = np.add.reduceat(mass, record.offsets[:-1])
-    normalised: FloatArray = mass / np.repeat(np.where(totals > 0, totals, 1.0), np.diff(record.offsets))
-    return normalised
+FloatArray = npt.NDArray[np.floating[Any]]  # float64 here (Record.target_probs(dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -46,7 +33,7 @@ class PositionSummary:
 
 
 def summarize(record: Record) -> PositionSummary:
-    probs = target_probs(record)
+    probs = record.target_probs(dtype=np.float64)
     offsets = record.offsets
     starts = offsets[:-1]
     counts = np.diff(offsets)
@@ -78,7 +65,7 @@ def position_entries(
 ) -> tuple[npt.NDArray[np.int64], FloatArray, npt.NDArray[np.int64] | None]:
     """``(token ids, target probs, raw counts or None)`` at ``pos``, by descending probability."""
     lo, hi = int(record.offsets[pos]), int(record.offsets[pos + 1])
-    probs = target_probs(record)[lo:hi]
+    probs = record.target_probs(dtype=np.float64)[lo:hi]
     order = np.argsort(-probs, kind="stable")
     ids = record.token_ids[lo:hi][order]
     counts = record.values[lo:hi][order].astype(np.int64) if record.header.kind == "sampled" else None
