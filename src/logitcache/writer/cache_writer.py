@@ -25,6 +25,7 @@ it is raised by the next ``write``, ``flush`` or ``close``, and nothing more is 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -141,7 +142,13 @@ class CacheWriter:
         self.shard = shard
         self.sampler = sampler or SamplerConfig()
         self.manifest: ShardManifest | None = None
-        self._manifest_fields = {"seq_len": seq_len, "teacher": teacher, "tokenizer_fingerprint": tokenizer_fingerprint}
+        self._manifest_for = functools.partial(  # the shard's manifest, once the vocabulary is known
+            ShardManifest.for_sampler,
+            self.sampler,
+            seq_len=seq_len,
+            teacher=teacher,
+            tokenizer_fingerprint=tokenizer_fingerprint,
+        )
         self.generator = generator
         self.overwrite = overwrite
         self.dense = dense
@@ -185,7 +192,7 @@ class CacheWriter:
             self._shutdown(wait=False)
 
     def _create_shard(self, vocab_size: int) -> None:
-        manifest = ShardManifest.for_sampler(self.sampler, vocab_size, **self._manifest_fields)  # type: ignore[arg-type]
+        manifest = self._manifest_for(vocab_size)
         self.client.create_shard(self.shard, manifest, exist_ok=True)
         self.manifest = manifest
 
