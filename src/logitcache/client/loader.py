@@ -108,6 +108,27 @@ class SparseKDBatch:
         return int(self.attention_mask.sum())
 
 
+def _rank_slices(
+    num_items: int, *, batch_size: int, rank: int, world_size: int, drop_last: bool
+) -> list[tuple[int, int]]:
+    """Rank ``rank``'s batches as ``[start, stop)`` slices of an epoch's order (the partition alone)."""
+    if num_items < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"expected num_items >= 0, batch_size >= 1, 0 <= rank < world_size; "
+            f"got {num_items}, {batch_size}, {rank}, {world_size}"
+        )
+    step = world_size * batch_size
+    full = num_items // step
+    slices = [(i * step + rank * batch_size, i * step + (rank + 1) * batch_size) for i in range(full)]
+    tail = num_items - full * step
+    if tail and not drop_last:
+        # split the tail into world_size nearly equal runs (each at most batch_size long)
+        lo, hi = (full * step + (tail * r) // world_size for r in (rank, rank + 1))
+        if hi > lo:
+            slices.append((lo, hi))
+    return slices
+
+
 def plan_batches(
     num_items: int,
     *,
@@ -120,26 +141,12 @@ def plan_batches(
     drop_last: bool = False,
 ) -> list[npt.NDArray[np.int64]]:
     """Rank ``rank``'s batches of epoch ``epoch``: arrays of indices into the item numbering."""
-    if num_items < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
-            f"expected num_items >= 0, batch_size >= 1, 0 <= rank < world_size; "
-            f"got {num_items}, {batch_size}, {rank}, {world_size}"
-        )
+    slices = _rank_slices(num_items, batch_size=batch_size, rank=rank, world_size=world_size, drop_last=drop_last)
     if shuffle:
         order = np.random.default_rng([seed & (2**64 - 1), epoch]).permutation(num_items)
     else:
         order = np.arange(num_items)
-    step = world_size * batch_size
-    full = num_items // step
-    batches = [order[i * step + rank * batch_size : i * step + (rank + 1) * batch_size] for i in range(full)]
-    tail = num_items - full * step
-    if tail and not drop_last:
-        # split the tail into world_size nearly equal runs (each at most batch_size long)
-        bounds = [full * step + (tail * r) // world_size for r in range(world_size + 1)]
-        last = order[bounds[rank] : bounds[rank + 1]]
-        if last.size:
-            batches.append(last)
-    return [b.astype(np.int64, copy=False) for b in batches]
+    return [order[lo:hi].astype(np.int64, copy=False) for lo, hi in slices]
 
 
 def worker_share(num_batches: int, start: int, worker: int = 0, num_workers: int = 1) -> range:
@@ -255,8 +262,16 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         )
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch."""
-        return len(self._plan())
+        """Batches this rank yields per epoch (the same in every epoch; no permutation is drawn)."""
+        return len(
+            _rank_slices(
+                self.num_items,
+                batch_size=self.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+                drop_last=self.drop_last,
+            )
+        )
 
     def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
         return {
