@@ -84,6 +84,7 @@ def test_quick_run_caches_trains_and_exits(tmp_path: Path) -> None:
         assert info.shard == 0
         assert info.sequences == int(cached.group(2)) > 0
         assert info.positions == int(cached.group(1).replace(",", ""))
+        assert info.manifest is not None
         assert info.manifest.teacher == TEACHER_NAME
         assert info.manifest.tokenizer_fingerprint.startswith("xxh64:")
         assert info.manifest.seq_len == QUICK.seq_len

@@ -4,9 +4,9 @@
    function docstring of ``logitcache``, generated protobuf code excluded: about 50 KB of English
    and code), read from the installed source files. A byte-level BPE tokenizer (``tokenizers``, a
    core dependency) is trained on it in well under a second.
-2. **Server.** The same server ``logitcache serve`` runs (:func:`~logitcache.server.grpc_service.create_server`
-   and the REST app with the viewer, :class:`~logitcache.server.runner.HttpServer`) starts in this
-   process on loopback, with the data directory ``./logitcache-demo-data``.
+2. **Server.** The same server ``logitcache serve`` runs (gRPC and the REST app with the viewer,
+   :class:`~logitcache.server.runner.ServerThread`) starts in this process on loopback, with the
+   data directory ``./logitcache-demo-data``.
 3. **Teacher.** A one-layer causal transformer (:class:`TinyLM`, d = 128, plain ``torch.nn``:
    no ``transformers``) is trained for a few seconds with cross-entropy, then run over every
    sequence of the corpus; a :class:`~logitcache.writer.CacheWriter` samples its distributions
@@ -55,11 +55,9 @@ from tqdm import tqdm
 from logitcache.client import CacheClient, SparseKDBatch, SparseKDLoader
 from logitcache.kd import sparse_kd_loss
 from logitcache.sampling import SamplerConfig
-from logitcache.server.grpc_service import create_server
-from logitcache.server.http.app import create_app
-from logitcache.server.runner import HttpServer
+from logitcache.server.errors import StoreError
+from logitcache.server.runner import ServerThread
 from logitcache.server.settings import ServerSettings
-from logitcache.server.store import StoreError
 from logitcache.writer import CacheWriter
 from logitcache.writer.corpus import tokenizer_fingerprint
 
@@ -339,18 +337,12 @@ def _run(options: DemoOptions, say: _Printer, cleanup: ExitStack) -> int:
     # 2. the server, in this process
     tokenizer.save(str(options.data_dir / "tokenizer.json"))
     try:
-        running = create_server(settings)
+        running = ServerThread(settings, tokenizer=tokenizer).start()
     except StoreError as exc:  # another server took the directory since prepare_data_dir
         raise DemoError(str(exc)) from None
     cleanup.callback(running.stop, settings.shutdown_grace_seconds)
-    app = create_app(running.store, running.stats, tokenizer=tokenizer)
-    http = HttpServer(app, settings.http)
-    running.server.start()
-    http.start()
-    cleanup.callback(http.stop)
-    grpc_address = f"{settings.grpc.rpartition(':')[0]}:{running.port}"
-    http_host = f"[{http.host}]" if ":" in http.host else http.host
-    url = f"http://{http_host}:{http.port}/"
+    grpc_address = running.address
+    url = f"http://{settings.http.rpartition(':')[0]}:{running.http_port}/"
     say(
         f"server    gRPC {grpc_address}, REST + viewer {url}, data in {options.data_dir}"
         + (" (the previous demo's data removed)" if removed else "")

@@ -9,8 +9,9 @@ student must see exactly the same token sequences).
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from logitcache.records import RecordHeader
 from logitcache.sampling import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
 
 __all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest"]
+
+log = logging.getLogger(__name__)
 
 
 class ManifestMismatchError(ValueError):
@@ -121,7 +124,21 @@ class ShardManifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardManifest:
-        return cls(**json.loads(text))
+        """A stored manifest: unknown keys (a newer writer's) are logged and ignored, bad values are ``ValueError``."""
+        try:
+            stored = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"expected a JSON object, got {exc}") from exc
+        if not isinstance(stored, dict):
+            raise ValueError(f"expected a JSON object, got {type(stored).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(stored) - known)
+        if unknown:
+            log.warning("manifest: ignoring unknown keys %s", ", ".join(unknown))
+        try:
+            return cls(**{name: value for name, value in stored.items() if name in known})
+        except TypeError as exc:  # a required field missing, or a value of the wrong type
+            raise ValueError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -129,7 +146,7 @@ class ShardInfo:
     """What a server knows about one of its shards (the server's answer and the client's view)."""
 
     shard: int
-    manifest: ShardManifest
+    manifest: ShardManifest | None  # None only for a damaged shard whose manifest cannot be read
     sealed: bool
     sequences: int  # records stored
     positions: int  # sum of the records' positions
@@ -138,3 +155,5 @@ class ShardInfo:
     first_seq: int | None  # None while the shard is empty
     last_seq: int | None
     map_size: int  # current LMDB map size
+    damage: str | None = None  # why the shard's files are damaged (None: intact)
+    damaged_records: int = 0  # records that failed their checksum when read (an overwrite repairs one)

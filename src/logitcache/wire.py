@@ -51,7 +51,7 @@ def manifest_from_proto(message: pb.Manifest) -> ShardManifest:
 def shard_info_to_proto(info: ShardInfo) -> pb.ShardInfo:
     return pb.ShardInfo(
         shard=info.shard,
-        manifest=manifest_to_proto(info.manifest),
+        manifest=None if info.manifest is None else manifest_to_proto(info.manifest),
         sealed=info.sealed,
         sequences=info.sequences,
         positions=info.positions,
@@ -61,13 +61,15 @@ def shard_info_to_proto(info: ShardInfo) -> pb.ShardInfo:
         first_seq=info.first_seq or 0,
         last_seq=info.last_seq or 0,
         map_size=info.map_size,
+        damage=info.damage or "",
+        damaged_records=info.damaged_records,
     )
 
 
 def shard_info_from_proto(message: pb.ShardInfo) -> ShardInfo:
     return ShardInfo(
         shard=message.shard,
-        manifest=manifest_from_proto(message.manifest),
+        manifest=manifest_from_proto(message.manifest) if message.HasField("manifest") else None,
         sealed=message.sealed,
         sequences=message.sequences,
         positions=message.positions,
@@ -76,4 +78,6 @@ def shard_info_from_proto(message: pb.ShardInfo) -> ShardInfo:
         first_seq=message.first_seq if message.has_sequences else None,
         last_seq=message.last_seq if message.has_sequences else None,
         map_size=message.map_size,
+        damage=message.damage or None,
+        damaged_records=message.damaged_records,
     )

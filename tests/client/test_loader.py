@@ -28,7 +28,7 @@ from logitcache.client.loader import worker_share
 from logitcache.kd import sparse_kd_loss
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import sample_random
-from logitcache.server.grpc_service import RunningServer
+from logitcache.server.runner import ServerThread
 from logitcache.synthetic import lm_like_logits
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
 
@@ -98,7 +98,7 @@ def test_worker_share_interleaves_from_the_resume_point() -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]]:
+def served(tmp_path: Path) -> Iterator[tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]]:
     """Shard 0 holds seqs 0..29, shard 5 holds seqs 100..112 (some missing)."""
     with running_server(tmp_path) as (server, client):
         stored: dict[tuple[int, int], bytes] = {}
@@ -115,7 +115,7 @@ def _keys(batches: list[SparseKDBatch]) -> list[tuple[int, int]]:
 
 
 def test_batches_hold_the_records_targets_padded(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:
     _, client, stored = served
     loader = SparseKDLoader(client, [0, 5], batch_size=4, seed=3)
@@ -140,7 +140,7 @@ def test_batches_hold_the_records_targets_padded(
     torch.testing.assert_close(batches[0].target_probs.sum(-1), torch.ones(4, SEQ_LEN))
 
 
-def test_a_batch_feeds_sparse_kd_loss(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+def test_a_batch_feeds_sparse_kd_loss(served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]) -> None:
     _, client, _ = served
     batch = next(iter(SparseKDLoader(client, [0], batch_size=2)))
     logits = torch.randn(2, SEQ_LEN, VOCAB, requires_grad=True)
@@ -158,7 +158,7 @@ def test_a_batch_feeds_sparse_kd_loss(served: tuple[RunningServer, CacheClient, 
 
 
 def test_ranks_and_workers_partition_a_real_epoch(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:
     _, client, stored = served
     seen: list[tuple[int, int]] = []
@@ -174,7 +174,7 @@ def test_ranks_and_workers_partition_a_real_epoch(
 
 
 def test_epochs_shuffle_differently_and_deterministically(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:
     _, client, _ = served
     loader = SparseKDLoader(client, [0, 5], batch_size=5, seed=9)
@@ -188,7 +188,7 @@ def test_epochs_shuffle_differently_and_deterministically(
 
 
 def test_resume_after_k_batches_yields_exactly_the_rest(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:
     _, client, _ = served
     full = _keys(list(SparseKDLoader(client, [0, 5], batch_size=3, seed=4, epoch=1, prefetch=2)))
@@ -211,7 +211,7 @@ def test_resume_after_k_batches_yields_exactly_the_rest(
 
 
 def test_a_state_from_another_loader_is_refused(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]],
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:
     _, client, _ = served
     state = SparseKDLoader(client, [0, 5], batch_size=3, seed=4).state_dict()
@@ -228,7 +228,7 @@ def test_a_state_from_another_loader_is_refused(
         SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict(state)
 
 
-def test_verify_alignment(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+def test_verify_alignment(served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]) -> None:
     _, client, _ = served
     batch = next(iter(SparseKDLoader(client, [5], batch_size=3, shuffle=False)))
     verify_alignment(batch.input_ids.clone(), batch)  # the record's own ids pass
@@ -272,7 +272,7 @@ def test_an_error_in_the_prefetch_thread_reaches_the_loop(tmp_path: Path) -> Non
             collections.deque(it, maxlen=0)
 
 
-def test_bad_arguments(served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]]) -> None:
+def test_bad_arguments(served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]) -> None:
     _, client, _ = served
     with pytest.raises(ValueError, match="distinct"):
         SparseKDLoader(client, [0, 0], batch_size=2)
@@ -283,7 +283,7 @@ def test_bad_arguments(served: tuple[RunningServer, CacheClient, dict[tuple[int,
 
 
 def test_rank_comes_from_torchrun_variables(
-    served: tuple[RunningServer, CacheClient, dict[tuple[int, int], bytes]], monkeypatch: pytest.MonkeyPatch
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, client, _ = served
     monkeypatch.setenv("RANK", "2")

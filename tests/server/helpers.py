@@ -14,7 +14,8 @@ from logitcache import records
 from logitcache.client import CacheClient
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import sample_random, sample_topk
-from logitcache.server.grpc_service import RunningServer, create_server
+from logitcache.server import layout
+from logitcache.server.runner import ServerThread
 from logitcache.server.settings import ServerSettings
 from logitcache.synthetic import lm_like_logits
 
@@ -35,25 +36,21 @@ def make_records(count: int, *, seed: int = 0, start: int = 0, topk: bool = Fals
     return out
 
 
-def corrupt_stored(data_dir: Path, shard: int, seq: int, data: bytes, at: int) -> None:
-    """Flip bits of a stored record behind the server's back (it must be stopped)."""
+def corrupt_stored(data_dir: Path, shard: int, seq: int, at: int) -> None:
+    """Flip bits of byte ``at`` of a stored record, behind the server's back (it must be stopped)."""
     env = lmdb.open(str(data_dir / "shards" / f"{shard:010d}"), max_dbs=4)
     with env.begin(write=True, db=env.open_db(b"records")) as txn:
-        corrupted = bytearray(data)
-        corrupted[at] ^= 0x05
-        txn.put(seq.to_bytes(8, "big"), bytes(corrupted))
+        key = seq.to_bytes(8, "big")
+        corrupted = bytearray(txn.get(key) or b"")
+        corrupted[layout.ENVELOPE_BYTES + at] ^= 0x05
+        txn.put(key, bytes(corrupted))
     env.close()
 
 
 @contextmanager
-def running_server(data_dir: Path, **overrides: Any) -> Iterator[tuple[RunningServer, CacheClient]]:
-    settings = ServerSettings(data_dir=data_dir, grpc="127.0.0.1:0", workers=8, **overrides)
-    server = create_server(settings)
-    server.server.start()
+def running_server(data_dir: Path, **overrides: Any) -> Iterator[tuple[ServerThread, CacheClient]]:
+    """A real server (gRPC on a free loopback port, no HTTP) in a thread of this process, and a client."""
+    settings = ServerSettings(data_dir=data_dir, grpc="127.0.0.1:0", http="off", workers=8, **overrides)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    client = CacheClient(f"127.0.0.1:{server.port}", auth_token=token, timeout=30)
-    try:
+    with ServerThread(settings) as server, CacheClient(server.address, auth_token=token, timeout=30) as client:
         yield server, client
-    finally:
-        client.close()
-        server.stop(0)

@@ -186,7 +186,7 @@ def test_data_loss_on_a_corrupted_record(tmp_path: Path) -> None:
     with running_server(tmp_path) as (_, client):
         client.create_shard(0, MANIFEST)
         client.write(0, items)
-    corrupt_stored(tmp_path, 0, 1, items[1][1], at=200)
+    corrupt_stored(tmp_path, 0, 1, at=200)
     with running_server(tmp_path) as (_, client):
         with pytest.raises(DataLossError, match="seq 1 of shard 0 is corrupted on disk"):
             list(client.read(0, ranges=[(0, 3)]))
@@ -315,8 +315,10 @@ def test_read_messages_stay_under_the_size_limit(tmp_path: Path) -> None:
     with running_server(tmp_path, max_message_bytes=1 << 20) as (_, client):
         assert list(client.read(0, seqs=[0, 1, 2])) == items[:3]
         assert list(client.read(0, ranges=[(0, 3)])) == items[:3]
-        with pytest.raises(ResourceExhaustedError, match=r"seq 3 is .* bytes, more than fits the server's max message"):
+        too_big = r"seq 3 is 1.2 MiB, more than one message may carry \(--max-message-bytes 1.0 MiB\): read it by"
+        with pytest.raises(ResourceExhaustedError, match=too_big) as refused:
             list(client.read(0, seqs=[3]))
+        assert refused.value.retry_after is None  # permanent for this request: no pushback
         assert next(iter(client.read(0, seqs=[3], window=(0, 100))))[0] == 3  # a window of it fits
 
 

@@ -10,19 +10,20 @@ import pytest
 
 from logitcache import records
 from logitcache.manifest import ShardManifest
-from logitcache.server.store import (
+from logitcache.server.errors import (
     CorruptRecordError,
     InvalidRequestError,
     ManifestError,
     RecordConflictError,
     SeqNotFoundError,
+    ShardDamagedError,
     ShardExistsError,
     ShardNotFoundError,
     ShardSealedError,
-    Store,
     StoreError,
     StoreFullError,
 )
+from logitcache.server.store import Store
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
 
 
@@ -169,7 +170,7 @@ def test_corruption_on_disk_is_data_loss(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.create_shard(0, MANIFEST).write_batch(items)
     store.close()
-    corrupt_stored(tmp_path, 0, 1, items[1][1], at=100)
+    corrupt_stored(tmp_path, 0, 1, at=100)
     store = _store(tmp_path)
     with pytest.raises(CorruptRecordError, match="seq 1 of shard 0 is corrupted on disk: checksum"):
         store.get(0).get(1)
@@ -229,7 +230,7 @@ def test_overwrite_repairs_a_corrupted_record(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.create_shard(0, MANIFEST).write_batch(items)
     store.close()
-    corrupt_stored(tmp_path, 0, 1, items[1][1], at=100)
+    corrupt_stored(tmp_path, 0, 1, at=100)
     store = _store(tmp_path)
     shard = store.get(0)
     assert shard.write_batch([items[1]], overwrite=True).written == 1
@@ -269,9 +270,14 @@ def test_bad_directories_do_not_stop_the_start(tmp_path: Path) -> None:
     (shards / "000000000²").mkdir()  # digits, but not ASCII ones
     (shards / "9999999999").mkdir()  # above 2**32 - 1
     store = _store(tmp_path)
-    assert [s.shard_id for s in store.shards()] == [1]
-    with pytest.raises(ShardExistsError, match="exists but is not open"):
+    assert [s.shard_id for s in store.shards()] == [1, 5]  # the empty one is listed, damaged
+    assert store.get(1).damage is None
+    assert "data.mdb is missing" in (store.get(5).damage or "")
+    assert store.get(1).write_batch(make_records(1, start=2)).written == 1  # the healthy shard serves on
+    with pytest.raises(ShardExistsError, match=r"shard 5 already exists \(damaged"):
         store.create_shard(5, MANIFEST)
+    with pytest.raises(ShardDamagedError, match="shard 5 is damaged"):
+        store.create_shard(5, MANIFEST, exist_ok=True)
     store.close()
 
 

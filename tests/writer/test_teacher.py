@@ -66,6 +66,7 @@ def test_teacher_fills_the_shard_and_a_rerun_skips_finished_work(
         assert first["positions"] == SEQUENCES * SEQ_LEN
         assert client.list_seqs(4).tolist() == list(range(SEQUENCES))
         info = client.get_shard(4)
+        assert info.manifest is not None
         assert (info.manifest.method, info.manifest.rounds, info.manifest.seq_len) == ("sampled", 20, SEQ_LEN)
         assert info.manifest.teacher == tiny_llama.name
         assert info.manifest.tokenizer_fingerprint.startswith("xxh64:")
@@ -127,7 +128,9 @@ def test_jsonl_corpus_is_tokenized_with_the_model_tokenizer(
         record = records.decode(next(client.read(0, seqs=[0]))[1])
         expected = tokenizer(json.loads(lines[0])["text"], add_special_tokens=False)["input_ids"][:SEQ_LEN]
         assert record.input_ids[: len(expected)].tolist() == expected
-        assert client.get_shard(0).manifest.method == "topk"
+        manifest = client.get_shard(0).manifest
+        assert manifest is not None
+        assert manifest.method == "topk"
 
 
 def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_path: Path, corpus: np.ndarray) -> None:

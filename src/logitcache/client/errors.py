@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 
 __all__ = [
@@ -17,16 +19,22 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "from_rpc_error",
+    "is_transient",
 ]
 
 
 class CacheError(Exception):
-    """A call failed. ``code`` is the gRPC status code, ``details`` the server's message."""
+    """A call failed. ``code`` is the gRPC status code, ``details`` the server's message.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    ``retry_after`` (seconds) is the server's pushback (gRPC's ``grpc-retry-pushback-ms``
+    trailer): set when the same call may succeed later (a busy server, a disk being freed).
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, retry_after: float | None = None) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.retry_after = retry_after
 
 
 class InvalidArgumentError(CacheError, ValueError):
@@ -53,11 +61,12 @@ class UnauthenticatedError(CacheError):
 
 
 class ResourceExhaustedError(CacheError):
-    """A message over the size limit, or a shard at its size limit."""
+    """A bound of the server: a message over the size limit, a shard at its size limit (permanent);
+    too many calls, too many bytes waiting for commit, a full disk (``retry_after`` set: retry)."""
 
 
 class DataLossError(CacheError):
-    """A stored record failed its checksum."""
+    """A stored record failed its checksum, or the shard's files are damaged."""
 
 
 class UnavailableError(CacheError):
@@ -90,4 +99,15 @@ def from_rpc_error(error: grpc.RpcError) -> CacheError:
     """The typed exception for a failed call."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    return _BY_CODE.get(code, CacheError)(code, details or "")
+    retry_after = None
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "grpc-retry-pushback-ms":
+            with contextlib.suppress(ValueError):
+                retry_after = max(0, int(value)) / 1000
+    return _BY_CODE.get(code, CacheError)(code, details or "", retry_after)
+
+
+def is_transient(error: CacheError) -> bool:
+    """Whether the same call may succeed later: UNAVAILABLE, DEADLINE_EXCEEDED, or the server's pushback."""
+    return isinstance(error, (UnavailableError, DeadlineExceededError)) or error.retry_after is not None

@@ -49,25 +49,22 @@ from logitcache import wire
 from logitcache.client.errors import (
     CacheError,
     CancelledError,
-    DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
     from_rpc_error,
+    is_transient,
 )
 from logitcache.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 
-__all__ = ["TRANSIENT_ERRORS", "CacheClient", "ShardInfo", "WriteSummary"]
+__all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
 
 log = logging.getLogger(__name__)
 
 MAX_READ_SEQS = 1 << 16  # the server's limits per Read request: longer lists are split
 MAX_READ_RANGES = 1 << 12
-TRANSIENT_ERRORS: tuple[type[CacheError], ...] = (UnavailableError, DeadlineExceededError)
-# a Read stream is never cancelled by this side: CANCELLED means the server shut down mid-stream
-_READ_RETRYABLE: tuple[type[CacheError], ...] = (*TRANSIENT_ERRORS, CancelledError)
 T = TypeVar("T")
 
 
@@ -166,15 +163,19 @@ class CacheClient:
                 connection = self._connections[address] = _Connection(address, self._options, self._root_cert)
             return connection.stub
 
+    def _pause(self, exc: CacheError, attempt: int) -> None:
+        """Wait before retry ``attempt`` (0-based): exponential backoff, or the server's pushback if longer."""
+        time.sleep(max(min(self.backoff * 2**attempt, 2.0), exc.retry_after or 0.0))
+
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        """``attempt()``, retried on transient errors with exponential backoff."""
+        """``attempt()``, retried on transient errors (:func:`~logitcache.client.errors.is_transient`)."""
         for i in range(self.retries + 1):
             try:
                 return attempt()
-            except TRANSIENT_ERRORS:
-                if i == self.retries:
+            except CacheError as exc:
+                if i == self.retries or not is_transient(exc):
                     raise
-                time.sleep(min(self.backoff * 2**i, 2.0))
+                self._pause(exc, i)
         raise AssertionError("unreachable")
 
     def _unary(self, address: str, name: str, request: Any, *, idempotent: bool = True) -> Any:
@@ -203,7 +204,9 @@ class CacheClient:
         for address in reversed(self.addresses):  # the first server wins a shard held twice
             try:
                 infos = self._list_on(address)
-            except TRANSIENT_ERRORS as exc:  # one server down must not stop routing to the others
+            except CacheError as exc:  # one server down must not stop routing to the others
+                if not is_transient(exc):
+                    raise
                 log.warning("%s did not answer ListShards: %s", address, exc)
                 down.append(exc)
                 continue
@@ -407,11 +410,13 @@ class CacheClient:
                     return
                 except grpc.RpcError as exc:
                     raise from_rpc_error(exc) from None
-            except _READ_RETRYABLE:
+            except CacheError as exc:  # a Read is never cancelled by this side: CANCELLED is a server shutting down
+                if not (is_transient(exc) or isinstance(exc, CancelledError)):
+                    raise
                 failures = 0 if delivered else failures + 1
                 if failures > self.retries:
                     raise
-                time.sleep(min(self.backoff * 2 ** max(failures - 1, 0), 2.0))
+                self._pause(exc, max(failures - 1, 0))
                 if delivered:  # resume after the last record delivered
                     if pending_seqs:
                         pending_seqs = pending_seqs[delivered:]

@@ -1,200 +1,217 @@
-"""The gRPC service ``logitcache.v1.LogitCache`` over a :class:`~logitcache.server.store.Store`.
+"""The gRPC service ``logitcache.v1.LogitCache``, served with ``grpc.aio`` over a :class:`.store.Store`.
 
-:func:`create_server` builds a ready-to-start ``grpc.Server`` (the service, the standard health
-service, reflection, the auth interceptor) bound to an address, and returns it with its port, so
-tests bind port 0. Errors travel as status codes via ``context.abort``; the store's typed errors
-carry the code (see :mod:`logitcache.server.store`).
+**Concurrency.** Every call runs on one asyncio event loop, so an open stream that waits for its
+client (an idle ``CacheWriter`` between batches, a ``Read`` nobody consumes) costs no thread.
+LMDB work runs in two thread pools of ``--workers`` threads: one for reads, lookups and record
+validation, one for commits (:mod:`.commits`, group commit per shard), so neither a long read
+nor a durable commit stalls other calls.
+
+**Bounds** (all settings; past each the call gets ``RESOURCE_EXHAUSTED`` at once, with gRPC's
+``grpc-retry-pushback-ms`` trailer when retrying later can succeed):
+
+* ``--max-concurrent-calls``: calls of this service at once, streams included;
+* ``--max-stream-inflight-bytes``: a ``Write`` stream's received but unacknowledged batches;
+  past it the server reads no more of that stream until acknowledgements go out (HTTP/2 flow
+  control holds the client back: backpressure, not an error);
+* ``--max-pending-commit-bytes``: batches waiting for a commit, over all streams;
+* ``--max-message-bytes``: one message either way (a stored record too big to send is refused,
+  naming the limit and how to read it by windows).
+
+**Errors** travel as status codes via ``context.abort``: the store's typed errors carry their
+code (:mod:`.errors`); ``INVALID_ARGUMENT`` means the request failed validation (a message that
+does not parse included); anything unforeseen is ``INTERNAL``, with its traceback logged.
+Mutating calls (``CreateShard``, ``SealShard``, ``Write``) need ``authorization: Bearer <token>``
+when the server has a token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.protobuf.message import DecodeError, Message
 
 from logitcache import records, wire
 from logitcache.proto.v1 import cache_pb2 as pb
-from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
-from logitcache.server.settings import ServerSettings
+from logitcache.server.commits import Committer, StreamState
+from logitcache.server.disk import human_bytes
+from logitcache.server.errors import InvalidRequestError, ResponseTooLargeError, ServerBusyError, StoreError
+from logitcache.server.shard import Batch
 from logitcache.server.stats import ServerStats
-from logitcache.server.store import InvalidRequestError, Store, StoreError, StoreFullError
+from logitcache.server.store import Store
 
-__all__ = ["SERVICE_NAME", "LogitCacheService", "RunningServer", "create_server"]
+__all__ = ["SERVICE_NAME", "Limits", "LogitCacheService", "service_handler"]
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LogitCache"].full_name
-MUTATING_METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("CreateShard", "SealShard", "Write"))
+_SERVICE = pb.DESCRIPTOR.services_by_name["LogitCache"]
+SERVICE_NAME = _SERVICE.full_name
+MUTATING_METHODS = frozenset({"CreateShard", "SealShard", "Write"})
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
 MAX_READ_SEQS = 1 << 16  # per Read request (a hostile list cannot pin a worker for long)
 MAX_READ_RANGES = 1 << 12
 LIST_SEQS_RUNS = 1 << 15  # runs per ListSeqs message (16 bytes each at most: well under 1 MiB)
+_MESSAGE_OVERHEAD = 1024  # framing of one record inside a ReadResponse, generously
+_CLIENT_ERRORS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION"})
+T = TypeVar("T")
 
 
-class LogitCacheService(pb_grpc.LogitCacheServicer):
-    """Implements every RPC of ``logitcache.v1.LogitCache``."""
+@dataclass(frozen=True)
+class Limits:
+    """The service's bounds (see the module docstring)."""
 
-    def __init__(self, store: Store, stats: ServerStats, max_message_bytes: int) -> None:
+    max_concurrent_calls: int
+    max_stream_inflight_bytes: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class _Unparseable:
+    """What the request deserializer gives for bytes that do not parse (answered INVALID_ARGUMENT)."""
+
+    type_name: str
+    error: str
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, _Unparseable):
+        raise InvalidRequestError(f"request: cannot parse a {request.type_name}: {request.error}")
+    return request
+
+
+class _Budget:
+    """Bytes a stream may have in flight; ``acquire`` waits while they are spent (one item always fits)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.capacity)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.used -= n
+            self._changed.notify_all()
+
+
+class LogitCacheService:
+    """Implements every RPC of ``logitcache.v1.LogitCache`` (register it with :func:`service_handler`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        stats: ServerStats,
+        limits: Limits,
+        *,
+        reads: Executor,
+        commits: Executor,
+        committer: Committer,
+        auth_token: str | None = None,
+    ) -> None:
         self.store = store
         self.stats = stats
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self._reads = reads
+        self._commits = commits
+        self.committer = committer
+        self._expected_auth = f"Bearer {auth_token}".encode() if auth_token is not None else None
+        self.active_calls = 0
 
-    def _abort(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    # ----------------------------------------------------------------- plumbing
+
+    def _in(self, pool: Executor, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    @asynccontextmanager
+    async def call(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Admission (the concurrent-call bound), auth, and errors as status codes, for one call."""
+        admitted = False
+        try:
+            if self.active_calls >= self.limits.max_concurrent_calls:
+                raise ServerBusyError(
+                    f"the server is serving {self.active_calls} calls, its bound (--max-concurrent-calls); retry later"
+                )
+            admitted = True
+            self.active_calls += 1
+            if method in MUTATING_METHODS and self._expected_auth is not None:
+                metadata = {k: v for k, v in context.invocation_metadata() or ()}
+                given = metadata.get("authorization", "")
+                given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+                if not hmac.compare_digest(given_bytes, self._expected_auth):
+                    await self._abort(
+                        context,
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "authorization: expected 'Bearer <token>' metadata with the server's token",
+                    )
+            yield
+        except asyncio.CancelledError:  # the client left, or the server is stopping
+            self.stats.error("CANCELLED")
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except StoreError as exc:
+            await self._abort(context, grpc.StatusCode[exc.code], str(exc), exc.retry_after)
+        except Exception as exc:
+            log.exception("%s: internal error", method)
+            await self._abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if admitted:
+                self.active_calls -= 1
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, retry_after: float | None = None
+    ) -> None:
         self.stats.error(code.name)
-        log.info("%s: %s", code.name, message)
-        context.abort(code, message)
-        raise AssertionError("unreachable")  # context.abort raises
+        level = logging.DEBUG if code.name in _CLIENT_ERRORS or code.name == "UNAUTHENTICATED" else logging.WARNING
+        log.log(level, "%s: %s", code.name, message)
+        trailer = () if retry_after is None else (("grpc-retry-pushback-ms", str(int(retry_after * 1000))),)
+        await context.abort(code, message, trailing_metadata=trailer)
 
-    def _fail(self, context: grpc.ServicerContext, exc: Exception) -> NoReturn:
-        if isinstance(exc, grpc.RpcError):  # the request stream broke: the client left, or sent too much
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.CANCELLED
-            self._abort(context, code, exc.details() if hasattr(exc, "details") else "the request stream broke")
-        if isinstance(exc, StoreError):
-            self._abort(context, grpc.StatusCode[exc.code], str(exc))
-        if isinstance(exc, ValueError):
-            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        log.exception("internal error")
-        self._abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    # ----------------------------------------------------------------- shards
 
-    def CreateShard(self, request: pb.CreateShardRequest, context: grpc.ServicerContext) -> pb.ShardInfo:
+    async def CreateShard(self, request: pb.CreateShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:
+        if not request.HasField("manifest"):
+            raise InvalidRequestError("manifest: expected a manifest for the new shard")
         try:
-            if not request.HasField("manifest"):
-                raise InvalidRequestError("manifest: expected a manifest for the new shard")
             manifest = wire.manifest_from_proto(request.manifest)
-            shard = self.store.create_shard(request.shard, manifest, exist_ok=request.exist_ok)
-            return wire.shard_info_to_proto(shard.stats())
-        except Exception as exc:
-            self._fail(context, exc)
-
-    def GetShard(self, request: pb.GetShardRequest, context: grpc.ServicerContext) -> pb.ShardInfo:
-        try:
-            return wire.shard_info_to_proto(self.store.get(request.shard).stats())
-        except Exception as exc:
-            self._fail(context, exc)
-
-    def ListShards(self, request: pb.ListShardsRequest, context: grpc.ServicerContext) -> pb.ListShardsResponse:
-        try:
-            return pb.ListShardsResponse(shards=[wire.shard_info_to_proto(s.stats()) for s in self.store.shards()])
-        except Exception as exc:
-            self._fail(context, exc)
-
-    def SealShard(self, request: pb.SealShardRequest, context: grpc.ServicerContext) -> pb.ShardInfo:
-        try:
-            shard = self.store.get(request.shard)
-            shard.seal()
-            log.info("shard %d sealed", request.shard)
-            return wire.shard_info_to_proto(shard.stats())
-        except Exception as exc:
-            self._fail(context, exc)
-
-    def Write(
-        self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.WriteAck]:
-        try:
-            for request in request_iterator:
-                started = time.perf_counter()
-                shard = self.store.get(request.shard)
-                if not request.records:
-                    raise InvalidRequestError(f"records: expected at least one record in batch {request.batch_id}")
-                items = [(r.seq, r.data) for r in request.records]
-                result = shard.write_batch(items, overwrite=request.overwrite)
-                self.stats.wrote(result.written, result.written_positions, result.written_bytes)
-                self.stats.write_ack_seconds.observe(time.perf_counter() - started)
-                log.debug(
-                    "shard %d batch %d: %d written, %d unchanged, %.1f ms",
-                    request.shard,
-                    request.batch_id,
-                    result.written,
-                    result.unchanged,
-                    (time.perf_counter() - started) * 1000,
-                )
-                yield pb.WriteAck(
-                    batch_id=request.batch_id,
-                    shard=request.shard,
-                    written=result.written,
-                    unchanged=result.unchanged,
-                    positions=result.positions,
-                )
-        except Exception as exc:
-            self._fail(context, exc)
-
-    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
-        try:
-            shard = self.store.get(request.shard)
-            if request.seqs and request.ranges:
-                raise InvalidRequestError("read: expected either seqs or ranges, got both")
-            if not request.seqs and not request.ranges:
-                raise InvalidRequestError("read: expected seqs or ranges, got neither")
-            if len(request.seqs) > MAX_READ_SEQS or len(request.ranges) > MAX_READ_RANGES:
-                raise InvalidRequestError(
-                    f"read: expected at most {MAX_READ_SEQS} seqs or {MAX_READ_RANGES} ranges per request, "
-                    f"got {len(request.seqs)} seqs and {len(request.ranges)} ranges"
-                )
-            target = request.max_message_bytes or DEFAULT_READ_MESSAGE_BYTES
-            target = min(target, self.max_message_bytes // 2)
-            window = (request.window_start, request.window_end) if request.has_window else None
-            if window is not None and not 0 <= window[0] < window[1]:
-                raise InvalidRequestError(f"window: expected 0 <= start < end, got [{window[0]}, {window[1]})")
-            chunks: Iterator[list[tuple[int, bytes]]]
-            if request.seqs:
-                chunks = shard.read_seqs(request.seqs, target)
-            else:
-                chunks = self._ranges(shard.read_range, request.ranges, target)
-            started = time.perf_counter()
-            for chunk in chunks:
-                if window is not None:
-                    chunk = [(seq, self._window(seq, data, window)) for seq, data in chunk]
-                for seq, data in chunk:
-                    if len(data) + 1024 > self.max_message_bytes:
-                        raise StoreFullError(
-                            f"seq {seq} is {len(data)} bytes, more than fits the server's max message size "
-                            f"({self.max_message_bytes}); restart the server with a larger --max-message-bytes "
-                            "or read it by windows"
-                        )
-                positions = sum(records.peek_positions(data) for _, data in chunk)  # verified by the store
-                self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
-                response = pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
-                self.stats.read_batch_seconds.observe(time.perf_counter() - started)
-                yield response
-                started = time.perf_counter()
-        except Exception as exc:
-            self._fail(context, exc)
-
-    @staticmethod
-    def _ranges(
-        read_range: Callable[[int, int, int], Iterator[list[tuple[int, bytes]]]],
-        ranges: Any,
-        target: int,
-    ) -> Iterator[list[tuple[int, bytes]]]:
-        for r in ranges:
-            if r.end < r.start:
-                raise InvalidRequestError(f"range: expected start <= end, got [{r.start}, {r.end})")
-            yield from read_range(r.start, r.end, target)
-
-    @staticmethod
-    def _window(seq: int, data: bytes, window: tuple[int, int]) -> bytes:
-        try:
-            return records.slice_positions(data, *window)
         except ValueError as exc:
-            raise InvalidRequestError(f"seq {seq}: {exc}") from exc
+            raise InvalidRequestError(f"manifest: {exc}") from exc
+        create = functools.partial(self.store.create_shard, request.shard, manifest, exist_ok=request.exist_ok)
+        shard = await self._in(self._commits, create)
+        return wire.shard_info_to_proto(await self._in(self._reads, shard.stats))
 
-    def ListSeqs(self, request: pb.ListSeqsRequest, context: grpc.ServicerContext) -> Iterator[pb.ListSeqsResponse]:
-        try:
-            shard = self.store.get(request.shard)
-            for runs in shard.seq_runs(LIST_SEQS_RUNS):
-                yield pb.ListSeqsResponse(runs=[pb.SeqRange(start=a, end=b) for a, b in runs])
-        except Exception as exc:
-            self._fail(context, exc)
+    async def GetShard(self, request: pb.GetShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:
+        shard = self.store.get(request.shard)
+        info = await self._in(self._reads, shard.stats)
+        shard.require_intact()
+        return wire.shard_info_to_proto(info)
 
-    def GetStats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+    async def ListShards(
+        self, request: pb.ListShardsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListShardsResponse:
+        infos = await self._in(self._reads, lambda: [s.stats() for s in self.store.shards()])
+        return pb.ListShardsResponse(shards=[wire.shard_info_to_proto(info) for info in infos])
+
+    async def SealShard(self, request: pb.SealShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:
+        shard = self.store.get(request.shard)
+        await self._in(self._commits, shard.seal)
+        log.info("shard %d sealed", request.shard)
+        return wire.shard_info_to_proto(await self._in(self._reads, shard.stats))
+
+    async def GetStats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         s = self.stats
         return pb.StatsResponse(
             records_written=s.records_written,
@@ -208,101 +225,185 @@ class LogitCacheService(pb_grpc.LogitCacheServicer):
             errors_by_code=dict(s.errors),
         )
 
+    # ----------------------------------------------------------------- writes
 
-class _AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Mutating calls need ``authorization: Bearer <token>`` metadata, else UNAUTHENTICATED."""
+    async def Write(
+        self, requests: AsyncIterator[pb.WriteRequest | _Unparseable], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WriteAck]:
+        """Batches are validated in order while earlier ones commit; acks go out in order, each after its commit."""
+        budget = _Budget(self.limits.max_stream_inflight_bytes)
+        stream = StreamState()
+        results: asyncio.Queue[tuple[asyncio.Future[pb.WriteAck], int] | None] = asyncio.Queue()
 
-    def __init__(self, token: str, stats: ServerStats) -> None:
-        self._expected = f"Bearer {token}".encode()
-        self._stats = stats
+        async def receive() -> None:
+            try:
+                async for message in requests:
+                    request = _parsed(message)
+                    nbytes = sum(len(r.data) for r in request.records)
+                    await budget.acquire(nbytes)  # past the stream's bound: stop reading (flow control)
+                    started = time.perf_counter()
+                    shard = self.store.get(request.shard)
+                    if not request.records:
+                        raise InvalidRequestError(f"records: expected at least one record in batch {request.batch_id}")
+                    items = [(r.seq, r.data) for r in request.records]
+                    headers = await self._in(self._reads, shard.validate, items)
+                    commit = self._commit(shard, Batch(items, headers, request.overwrite), stream, request, started)
+                    results.put_nowait((asyncio.ensure_future(commit), nbytes))
+            except Exception as exc:  # the stream ends with this error, after the acks before it
+                failed: asyncio.Future[pb.WriteAck] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                results.put_nowait((failed, 0))
+            finally:
+                results.put_nowait(None)
 
-    def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        if handler_call_details.method not in MUTATING_METHODS:
-            return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
-            return continuation(handler_call_details)
-        self._stats.error("UNAUTHENTICATED")
-        message = "authorization: expected 'Bearer <token>' metadata with the server's token"
+        receiver = asyncio.create_task(receive())
+        try:
+            while (result := await results.get()) is not None:
+                ack = await result[0]
+                await budget.release(result[1])
+                yield ack
+        finally:
+            receiver.cancel()
+            while not results.empty():  # batches after a failed one: not acknowledged, their errors not raised
+                if (left := results.get_nowait()) is not None:
+                    left[0].cancel()
+                    if left[0].done() and not left[0].cancelled():
+                        left[0].exception()
 
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def _commit(
+        self, shard: Any, batch: Batch, stream: StreamState, request: pb.WriteRequest, started: float
+    ) -> pb.WriteAck:
+        result = await self.committer.submit(shard, batch, stream)
+        self.stats.wrote(result.written, result.written_positions, result.written_bytes)
+        self.stats.write_ack_seconds.observe(time.perf_counter() - started)
+        return pb.WriteAck(
+            batch_id=request.batch_id,
+            shard=request.shard,
+            written=result.written,
+            unchanged=result.unchanged,
+            positions=result.positions,
+        )
 
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
+    # ----------------------------------------------------------------- reads
+
+    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadResponse]:
+        shard = self.store.get(request.shard)
+        if request.seqs and request.ranges:
+            raise InvalidRequestError("read: expected either seqs or ranges, got both")
+        if not request.seqs and not request.ranges:
+            raise InvalidRequestError("read: expected seqs or ranges, got neither")
+        if len(request.seqs) > MAX_READ_SEQS or len(request.ranges) > MAX_READ_RANGES:
+            raise InvalidRequestError(
+                f"read: expected at most {MAX_READ_SEQS} seqs or {MAX_READ_RANGES} ranges per request, "
+                f"got {len(request.seqs)} seqs and {len(request.ranges)} ranges"
+            )
+        target = min(request.max_message_bytes or DEFAULT_READ_MESSAGE_BYTES, self.limits.max_message_bytes // 2)
+        window = (request.window_start, request.window_end) if request.has_window else None
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise InvalidRequestError(f"window: expected 0 <= start < end, got [{window[0]}, {window[1]})")
+        for r in request.ranges:
+            if r.end < r.start:
+                raise InvalidRequestError(f"range: expected start <= end, got [{r.start}, {r.end})")
+        chunks: Iterator[list[tuple[int, bytes]]]
+        if request.seqs:
+            chunks = shard.read_seqs(list(request.seqs), target)
+        else:
+            chunks = (chunk for r in request.ranges for chunk in shard.read_range(r.start, r.end, target))
+
+        def next_response() -> pb.ReadResponse | None:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            if window is not None:
+                chunk = [(seq, _window(seq, data, window)) for seq, data in chunk]
+            for seq, data in chunk:
+                if len(data) + _MESSAGE_OVERHEAD > self.limits.max_message_bytes:
+                    raise ResponseTooLargeError(
+                        f"response: seq {seq} is {human_bytes(len(data))}, more than one message may carry "
+                        f"(--max-message-bytes {human_bytes(self.limits.max_message_bytes)}): read it by windows of "
+                        "positions (ReadRequest.window_start / window_end), or restart the server with a larger limit"
+                    )
+            positions = sum(records.peek_positions(data) for _, data in chunk)  # verified by the store
+            self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
+            return pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
+
+        started = time.perf_counter()
+        upcoming = self._in(self._reads, next_response)
+        try:
+            while (answer := await upcoming) is not None:
+                upcoming = self._in(self._reads, next_response)  # the next chunk is read while this one goes out
+                self.stats.read_batch_seconds.observe(time.perf_counter() - started)
+                yield answer
+                started = time.perf_counter()
+        finally:
+            upcoming.cancel()
+
+    async def ListSeqs(
+        self, request: pb.ListSeqsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListSeqsResponse]:
+        shard = self.store.get(request.shard)
+        runs = shard.seq_runs(LIST_SEQS_RUNS)
+        while (chunk := await self._in(self._reads, next, runs, None)) is not None:
+            yield pb.ListSeqsResponse(runs=[pb.SeqRange(start=a, end=b) for a, b in chunk])
 
 
-@dataclass
-class RunningServer:
-    """A started (or ready to start) gRPC server and what it serves."""
-
-    server: grpc.Server
-    port: int
-    store: Store
-    stats: ServerStats
-    health: health.HealthServicer
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish for ``grace`` seconds, close the store."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.store.close()
+def _window(seq: int, data: bytes, window: tuple[int, int]) -> bytes:
+    try:
+        return records.slice_positions(data, *window)
+    except ValueError as exc:
+        raise InvalidRequestError(f"seq {seq}: {exc}") from exc
 
 
-def shard_sizes(store: Store) -> list[tuple[int, int, int, int]]:
-    """``(shard, sequences, positions, disk_bytes)`` of every shard, for the metrics."""
-    return [(s.shard, s.sequences, s.positions, s.disk_bytes) for s in (shard.stats() for shard in store.shards())]
+def _deserializer(message_type: type[Message]) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return message_type.FromString(raw)
+        except DecodeError as exc:
+            return _Unparseable(message_type.DESCRIPTOR.full_name, str(exc))
+
+    return parse
 
 
-def create_server(
-    settings: ServerSettings, store: Store | None = None, stats: ServerStats | None = None
-) -> RunningServer:
-    """Build the server (not started) bound to ``settings.grpc``; ``port`` is the bound port."""
-    store = store or Store(
-        settings.data_dir, initial_map_size=settings.initial_map_bytes, max_map_size=settings.max_shard_bytes
-    )
-    if stats is None:
-        stats = ServerStats()
-        stats.attach(lambda: shard_sizes(store))
-    interceptors = []
-    if settings.auth_token is not None:
-        interceptors.append(_AuthInterceptor(settings.auth_token.get_secret_value(), stats))
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
-        interceptors=interceptors,
-        options=options,
-        maximum_concurrent_rpcs=settings.workers * 4,  # past this, new calls get RESOURCE_EXHAUSTED
-    )
-    pb_grpc.add_LogitCacheServicer_to_server(LogitCacheService(store, stats, settings.max_message_bytes), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    if settings.tls_cert is not None or settings.tls_key is not None:
-        if settings.tls_cert is None or settings.tls_key is None:
-            raise ValueError("tls: expected both tls_cert and tls_key")
-        credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
-        port = server.add_secure_port(settings.grpc, credentials)
-    else:
-        port = server.add_insecure_port(settings.grpc)
-    if port == 0:
-        raise OSError(f"could not bind the gRPC address {settings.grpc}")
-    return RunningServer(server=server, port=port, store=store, stats=stats, health=health_servicer)
+def service_handler(service: LogitCacheService) -> grpc.GenericRpcHandler:
+    """The service's method handlers, built from the proto descriptor: every call goes through
+    :meth:`LogitCacheService.call`, and requests that do not parse reach it as ``_Unparseable``."""
+    handlers = {}
+    for method in _SERVICE.methods:
+        impl = getattr(service, method.name)
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        options = {
+            "request_deserializer": _deserializer(request_type),
+            "response_serializer": response_type.SerializeToString,
+        }
+        if method.client_streaming:  # Write: each message is checked by the method itself
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _streaming(service, method.name, impl), **options
+            )
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(service, method.name, impl, parse=True), **options
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(service, method.name, impl), **options)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _unary(service: LogitCacheService, name: str, impl: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with service.call(name, context):
+            return await impl(_parsed(request), context)
+        raise AssertionError("unreachable")  # call() aborts on every error
+
+    return handle
+
+
+def _streaming(
+    service: LogitCacheService, name: str, impl: Callable[..., AsyncIterator[Any]], *, parse: bool = False
+) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with service.call(name, context):
+            async for response in impl(_parsed(request) if parse else request, context):
+                yield response
+
+    return handle

@@ -23,7 +23,21 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, le=2**31 - 1, description="largest gRPC message accepted or sent"
     )
-    workers: int = Field(16, ge=1, le=1024, description="gRPC worker threads (concurrent RPCs)")
+    workers: int = Field(
+        16, ge=1, le=1024, description="threads for LMDB reads and record validation, and as many for commits"
+    )
+    max_concurrent_calls: int = Field(
+        1024, ge=1, description="gRPC calls served at once, open streams included; past it RESOURCE_EXHAUSTED"
+    )
+    max_stream_inflight_bytes: int = Field(
+        32 << 20, ge=1 << 20, description="a Write stream's unacknowledged bytes; past it the server stops reading it"
+    )
+    max_pending_commit_bytes: int = Field(
+        2 << 30, ge=1 << 20, description="bytes waiting for commit, all streams; past it RESOURCE_EXHAUSTED"
+    )
+    min_free_bytes: int = Field(
+        64 << 20, ge=0, description="free space the data directory keeps; under it writes get RESOURCE_EXHAUSTED"
+    )
     auth_token: SecretStr | None = Field(None, description="if set, mutating calls need 'Bearer <token>'")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")

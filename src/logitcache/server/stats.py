@@ -2,8 +2,9 @@
 
 :class:`ServerStats` keeps plain totals (what ``GetStats`` answers) and, in a registry of its own
 (several servers may live in one process, as in the tests), Prometheus histograms of the
-write-acknowledgement and read-batch latencies. :meth:`ServerStats.collector` exposes the totals,
-the errors by status code and per-shard sizes in the Prometheus text format for ``/metrics``.
+write-acknowledgement and read-batch latencies. Once attached to the store, ``/metrics`` also
+exports the totals, the errors by status code, per-shard sizes and damage, and the data
+directory's free space.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from logitcache.server.store import Store
 
 __all__ = ["ServerStats"]
 
@@ -66,15 +71,15 @@ class ServerStats:
     def uptime(self) -> float:
         return time.monotonic() - self.started
 
-    def attach(self, shard_sizes: Callable[[], list[tuple[int, int, int, int]]]) -> None:
-        """Register the totals collector; ``shard_sizes()`` gives ``(shard, sequences, positions, disk_bytes)``."""
-        self.registry.register(_TotalsCollector(self, shard_sizes))
+    def attach(self, store: Store) -> None:
+        """Export the totals, and ``store``'s shards and free space, at ``/metrics``."""
+        self.registry.register(_TotalsCollector(self, store))
 
 
 class _TotalsCollector(Collector):
-    def __init__(self, stats: ServerStats, shard_sizes: Callable[[], list[tuple[int, int, int, int]]]) -> None:
+    def __init__(self, stats: ServerStats, store: Store) -> None:
         self._stats = stats
-        self._shard_sizes = shard_sizes
+        self._store = store
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self._stats
@@ -94,11 +99,22 @@ class _TotalsCollector(Collector):
         for code, count in sorted(errors.items()):
             by_code.add_metric([code], count)
         yield by_code
-        sequences = GaugeMetricFamily("logitcache_shard_sequences", "Records in a shard", labels=["shard"])
-        positions = GaugeMetricFamily("logitcache_shard_positions", "Positions in a shard", labels=["shard"])
-        disk = GaugeMetricFamily("logitcache_shard_disk_bytes", "A shard's size on disk", labels=["shard"])
-        for shard, seqs, pos, nbytes in self._shard_sizes():
-            sequences.add_metric([str(shard)], seqs)
-            positions.add_metric([str(shard)], pos)
-            disk.add_metric([str(shard)], nbytes)
-        yield from (sequences, positions, disk)
+        gauges = [
+            ("sequences", "Records in a shard"),
+            ("positions", "Positions in a shard"),
+            ("disk_bytes", "A shard's size on disk"),
+            ("damaged", "1 if the shard's files are damaged (see GetShard / logitcache verify)"),
+            ("damaged_records", "Records of a shard that failed their checksum when read"),
+        ]
+        families = [GaugeMetricFamily(f"logitcache_shard_{name}", doc, labels=["shard"]) for name, doc in gauges]
+        for shard in self._store.shards():
+            info = shard.stats()
+            values = (info.sequences, info.positions, info.disk_bytes, info.damage is not None, info.damaged_records)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([str(info.shard)], float(value))
+        yield from families
+        yield GaugeMetricFamily(
+            "logitcache_data_dir_free_bytes",
+            "Free space of the data directory's file system",
+            value=self._store.disk.free(),
+        )

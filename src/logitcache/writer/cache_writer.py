@@ -40,7 +40,7 @@ from torch import Tensor
 
 from logitcache import records
 from logitcache.client import CacheClient, CacheError, CancelledError
-from logitcache.client.grpc_client import TRANSIENT_ERRORS
+from logitcache.client.errors import is_transient
 from logitcache.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.sampling import SamplerConfig, SparseTargets, sample
@@ -52,7 +52,11 @@ log = logging.getLogger(__name__)
 _POLL = 0.05  # seconds between checks of the stop conditions in the background threads
 _BATCH_BYTES = 1 << 20  # about this many record bytes per Write message
 # CANCELLED: the ack watchdog cancelled the stream, or the server is shutting down
-_RETRYABLE: tuple[type[CacheError], ...] = (*TRANSIENT_ERRORS, CancelledError)
+
+
+def _retryable(exc: CacheError) -> bool:
+    """A dropped stream, or a condition that passes (the server's pushback): resend after a pause."""
+    return is_transient(exc) or isinstance(exc, CancelledError)
 
 
 class WriterClosedError(RuntimeError):
@@ -419,7 +423,10 @@ class CacheWriter:
                 ):
                     self._acked(ack)
                     failing_since, backoff = None, 0.1
-            except _RETRYABLE as exc:
+            except CacheError as exc:
+                if not _retryable(exc):  # permanent: refused, conflict, sealed, full shard, unauthenticated...
+                    self._fail(exc)
+                    return
                 now = time.monotonic()
                 with self._cond:
                     idle = not self._inflight and not self._ready
@@ -442,11 +449,11 @@ class CacheWriter:
                             backoff,
                         )
                         self._retries += 1
-                    until = time.monotonic() + backoff
+                    until = time.monotonic() + max(backoff, exc.retry_after or 0.0)
                     while not self._failed() and not self._drained() and (left := until - time.monotonic()) > 0:
                         self._cond.wait(left)
                 backoff = min(backoff * 2, 5.0)
-            except BaseException as exc:  # permanent: refused, conflict, sealed, full, unauthenticated...
+            except BaseException as exc:  # not a CacheError: a bug or an interrupt
                 self._fail(exc)
                 return
             finally:

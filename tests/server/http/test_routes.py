@@ -221,7 +221,7 @@ def test_corrupt_records_are_500_and_counted(tmp_path: Path) -> None:
             client.write(0, items)
     finally:
         server.stop()
-    corrupt_stored(tmp_path, 0, 1, items[1][1], at=150)
+    corrupt_stored(tmp_path, 0, 1, at=150)
     server = ServerProcess(tmp_path)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:

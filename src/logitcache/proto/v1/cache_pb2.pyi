@@ -39,7 +39,7 @@ class Manifest(_message.Message):
     def __init__(self, vocab_size: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., k: _Optional[int] = ..., top_p: _Optional[float] = ..., seq_len: _Optional[int] = ..., teacher: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard", "manifest", "sealed", "sequences", "positions", "record_bytes", "disk_bytes", "has_sequences", "first_seq", "last_seq", "map_size")
+    __slots__ = ("shard", "manifest", "sealed", "sequences", "positions", "record_bytes", "disk_bytes", "has_sequences", "first_seq", "last_seq", "map_size", "damage", "damaged_records")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class ShardInfo(_message.Message):
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     shard: int
     manifest: Manifest
     sealed: bool
@@ -62,7 +64,9 @@ class ShardInfo(_message.Message):
     first_seq: int
     last_seq: int
     map_size: int
-    def __init__(self, shard: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., sealed: _Optional[bool] = ..., sequences: _Optional[int] = ..., positions: _Optional[int] = ..., record_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., has_sequences: _Optional[bool] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., map_size: _Optional[int] = ...) -> None: ...
+    damage: str
+    damaged_records: int
+    def __init__(self, shard: _Optional[int] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., sealed: _Optional[bool] = ..., sequences: _Optional[int] = ..., positions: _Optional[int] = ..., record_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., has_sequences: _Optional[bool] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., map_size: _Optional[int] = ..., damage: _Optional[str] = ..., damaged_records: _Optional[int] = ...) -> None: ...
 
 class CreateShardRequest(_message.Message):
     __slots__ = ("shard", "manifest", "exist_ok")

@@ -1,4 +1,9 @@
-"""The REST endpoints: health and readiness, metrics, shards, sequences, positions, statistics."""
+"""The REST endpoints: health and readiness, metrics, shards, sequences, positions, statistics, sealing.
+
+Four routers, so that :func:`~logitcache.server.http.app.create_app` can put the auth check on
+exactly the ones that need it: ``ops`` (health, readiness: always open), ``metrics``, ``shards``
+(reads) and ``admin`` (seal). Store errors are answered by the app's handler.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,31 @@ import logging
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from logitcache import records
 from logitcache.manifest import ShardInfo
 from logitcache.server import inspect
+from logitcache.server.errors import CorruptRecordError
 from logitcache.server.http import schemas
-from logitcache.server.http.deps import (
-    ShardId,
-    get_shard,
-    get_stats,
-    get_store,
-    get_tokenizer,
-    require_read_access,
-    require_token,
-)
+from logitcache.server.http.deps import ShardId, get_shard, get_stats, get_store, get_tokenizer, require_json
+from logitcache.server.shard import Shard
 from logitcache.server.stats import ServerStats
-from logitcache.server.store import CorruptRecordError, SeqNotFoundError, Shard, Store
+from logitcache.server.store import Store
 
-__all__ = ["ops", "shards"]
+__all__ = ["admin", "metrics_router", "ops", "shards"]
 
 log = logging.getLogger(__name__)
 
 ops = APIRouter(tags=["operations"])
-shards = APIRouter(prefix="/v1/shards", tags=["shards"], dependencies=[Depends(require_read_access)])
+metrics_router = APIRouter(tags=["operations"])
+shards = APIRouter(prefix="/v1/shards", tags=["shards"])
+admin = APIRouter(prefix="/v1/shards", tags=["shards"])
 
 SeqId = Annotated[int, Path(ge=0, le=2**64 - 2, description="sequence number within the shard")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": schemas.ErrorBody}}
+DATA_LOSS: dict[int | str, dict[str, Any]] = {500: {"model": schemas.ErrorBody, "description": "DATA_LOSS: damaged"}}
 MAX_GAPS = 100
 
 
@@ -42,14 +44,24 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops.get("/readyz", summary="Readiness: the store is open and writable", responses={503: {"model": schemas.ErrorBody}})
+@ops.get(
+    "/readyz",
+    summary="Readiness: the data directory is writable with free space above the floor, and no shard is damaged",
+    responses={503: {"model": schemas.ErrorBody, "description": "the reasons, joined by '; '"}},
+)
 def readyz(store: Annotated[Store, Depends(get_store)]) -> dict[str, str]:
-    if not store.writable():
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"data directory {store.data_dir} is not writable")
+    reasons = store.unready()
+    if reasons:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "; ".join(reasons))
     return {"status": "ready"}
 
 
-@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 def metrics(stats: Annotated[ServerStats, Depends(get_stats)]) -> Response:
     return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -58,7 +70,9 @@ def _summary(s: ShardInfo) -> dict[str, Any]:
     m = s.manifest
     return {
         "shard": s.shard,
-        "manifest": {
+        "manifest": None
+        if m is None
+        else {
             "vocab_size": m.vocab_size,
             "method": m.method,
             "rounds": m.rounds,
@@ -69,6 +83,8 @@ def _summary(s: ShardInfo) -> dict[str, Any]:
             "teacher": m.teacher,
             "tokenizer_fingerprint": m.tokenizer_fingerprint,
         },
+        "damage": s.damage,
+        "damaged_records": s.damaged_records,
         "sealed": s.sealed,
         "sequences": s.sequences,
         "positions": s.positions,
@@ -90,27 +106,39 @@ def list_shards(store: Annotated[Store, Depends(get_store)]) -> list[dict[str, A
 )
 def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[str, Any]:
     stats = found.stats()
+    if stats.damage is not None:  # its seqs cannot be listed: completeness is unknown
+        return {**_summary(stats), "missing": None, "gaps": None, "complete": None}
     missing, gaps = found.gaps(MAX_GAPS)
     return {**_summary(stats), "missing": missing, "gaps": gaps, "complete": missing == 0}
 
 
-@shards.post(
+@admin.post(
     "/{shard}/seal",
     summary="Seal a shard: no more writes",
     response_model=schemas.ShardSummary,
-    responses={**NOT_FOUND, 401: {"model": schemas.ErrorBody}, 415: {"model": schemas.ErrorBody}},
-    dependencies=[Depends(require_token)],
+    responses={
+        **NOT_FOUND,
+        **DATA_LOSS,
+        415: {"model": schemas.ErrorBody, "description": "the body is not application/json"},
+    },
+    dependencies=[Depends(require_json)],
 )
-def seal(shard: ShardId, found: Annotated[Shard, Depends(get_shard)], request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        # a browser cannot send this cross-origin without a CORS preflight, which is refused
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "content-type: expected application/json")
+def seal(
+    shard: ShardId,
+    found: Annotated[Shard, Depends(get_shard)],
+    body: Annotated[schemas.SealRequest, Body(description="an empty JSON object")],
+) -> dict[str, Any]:
     found.seal()
     log.info("shard %d sealed (REST)", shard)
     return _summary(found.stats())
 
 
-@shards.get("/{shard}/sequences", summary="A page of seqs", response_model=schemas.SequencePage, responses=NOT_FOUND)
+@shards.get(
+    "/{shard}/sequences",
+    summary="A page of seqs",
+    response_model=schemas.SequencePage,
+    responses={**NOT_FOUND, **DATA_LOSS},
+)
 def sequences(
     shard: ShardId,
     found: Annotated[Shard, Depends(get_shard)],
@@ -127,16 +155,11 @@ def sequences(
 
 
 def _record(found: Shard, seq: int, stats: ServerStats) -> records.Record:
+    data = found.get(seq)  # store errors (not found, corrupt, damaged) answer through the app's handler
     try:
-        data = found.get(seq)
         record = records.decode(data)
-    except SeqNotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except (CorruptRecordError, records.RecordError) as exc:
-        stats.error("DATA_LOSS")
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR, f"DATA_LOSS: seq {seq} of shard {found.shard_id}: {exc}"
-        ) from exc
+    except records.RecordError as exc:  # the checksum holds, the content does not
+        raise CorruptRecordError(f"seq {seq} of shard {found.shard_id} is corrupted on disk: {exc}") from exc
     stats.read(1, record.header.num_positions, len(data))
     return record
 
@@ -156,7 +179,7 @@ def _decode(tokenizer: Any, ids: list[int]) -> list[str] | None:
     "/{shard}/sequences/{seq}",
     summary="A sequence: input ids and per-position summaries",
     response_model=schemas.SequenceDetail,
-    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+    responses={**NOT_FOUND, **DATA_LOSS},
 )
 def sequence(
     shard: ShardId,
@@ -194,7 +217,7 @@ def sequence(
     "/{shard}/sequences/{seq}/positions/{pos}",
     summary="The sparse distribution at one position",
     response_model=schemas.PositionDetail,
-    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+    responses={**NOT_FOUND, **DATA_LOSS},
 )
 def position(
     shard: ShardId,
@@ -234,7 +257,7 @@ def position(
     "/{shard}/stats",
     summary="Statistics over the first sequences of a shard",
     response_model=schemas.ShardStatsBody,
-    responses={**NOT_FOUND, 500: {"model": schemas.ErrorBody}},
+    responses={**NOT_FOUND, **DATA_LOSS},
 )
 def shard_stats(
     shard: ShardId,
@@ -242,7 +265,9 @@ def shard_stats(
     stats: Annotated[ServerStats, Depends(get_stats)],
     sample: Annotated[int, Query(ge=1, le=10000, description="how many sequences to look at")] = 100,
 ) -> dict[str, Any]:
+    found.require_intact()
     manifest = found.manifest
+    assert manifest is not None  # an intact shard has one
     acc = inspect.ShardSample.empty(manifest.rounds if manifest.method == "sampled" else manifest.k)
     seen = 0
     for seq, _ in found.seqs_page(0, sample):

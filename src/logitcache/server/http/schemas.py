@@ -9,6 +9,7 @@ __all__ = [
     "Manifest",
     "PositionDetail",
     "PositionSummary",
+    "SealRequest",
     "SequenceDetail",
     "SequencePage",
     "SequenceRef",
@@ -36,7 +37,9 @@ class Manifest(BaseModel):
 
 class ShardSummary(BaseModel):
     shard: int = Field(examples=[0])
-    manifest: Manifest
+    manifest: Manifest | None = Field(description="null only for a damaged shard whose manifest cannot be read")
+    damage: str | None = Field(description="why the shard's files are damaged; null while intact", examples=[None])
+    damaged_records: int = Field(description="records that failed their checksum when read", examples=[0])
     sealed: bool
     sequences: int = Field(examples=[1000])
     positions: int = Field(examples=[2048000])
@@ -48,9 +51,15 @@ class ShardSummary(BaseModel):
 
 
 class ShardDetail(ShardSummary):
-    missing: int = Field(description="seqs absent between first_seq and last_seq", examples=[0])
-    gaps: list[tuple[int, int]] = Field(description="up to 100 missing [start, end) seq ranges", examples=[[]])
-    complete: bool = Field(description="no seq is missing between the first and the last")
+    missing: int | None = Field(description="seqs absent between first_seq and last_seq (null: damaged)", examples=[0])
+    gaps: list[tuple[int, int]] | None = Field(description="up to 100 missing [start, end) seq ranges", examples=[[]])
+    complete: bool | None = Field(description="no seq is missing between the first and the last (null: damaged)")
+
+
+class SealRequest(BaseModel):
+    """The seal endpoint's body: an empty JSON object (a JSON body keeps cross-origin forms out)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class SequenceRef(BaseModel):

@@ -1,0 +1,118 @@
+"""A shard's files: one LMDB environment per shard, and what its two sub-databases hold.
+
+::
+
+    <data_dir>/.lock                                  one server per data directory (flock)
+    <data_dir>/shards/<shard:010d>/data.mdb, lock.mdb
+
+* ``records`` maps the seq (8 bytes big-endian, so cursor order is seq order) to a value that is
+  the same 8 bytes again (the *envelope*) followed by one packed sequence record. LMDB pages
+  carry no checksum; the record's own checksum catches a damaged value, and the envelope ties
+  the value to its key, so a damaged key can never serve another seq's record.
+* ``meta`` holds the manifest (JSON), the store format, the sealed flag and the totals
+  (positions, record bytes), updated in the same transaction as the records they count.
+
+Store format 2 is the one above; format 1 (logitcache 0.1) stored records without the envelope
+and is upgraded in place when a shard opens (:meth:`~logitcache.server.shard.Shard.open`).
+
+Environments are opened with ``sync=True, metasync=True``: a commit returns after LMDB flushed
+it to disk. ``lock.mdb`` is allocated on disk before LMDB maps it: LMDB extends it sparsely and
+writes it through the map, and on a full tmpfs touching an unallocated page of a mapping is a
+SIGBUS that no code can catch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import lmdb
+
+__all__ = [
+    "ENVELOPE_BYTES",
+    "MAX_READERS",
+    "META_BYTES",
+    "META_DB",
+    "META_FORMAT",
+    "META_MANIFEST",
+    "META_POSITIONS",
+    "META_SEALED",
+    "META_UPGRADED_THROUGH",
+    "RECORDS_DB",
+    "STORE_FORMAT",
+    "U64",
+    "fsync_dir",
+    "key_of",
+    "open_env",
+    "seq_of",
+    "unwrap",
+    "wrap",
+]
+
+STORE_FORMAT = 2
+RECORDS_DB = b"records"
+META_DB = b"meta"
+META_MANIFEST = b"manifest"
+META_FORMAT = b"format"  # absent: format 1
+META_SEALED = b"sealed"
+META_POSITIONS = b"positions"
+META_BYTES = b"record_bytes"
+META_UPGRADED_THROUGH = b"upgraded_through"  # during an upgrade from format 1: the next seq to rewrite
+U64 = struct.Struct("<Q")
+_KEY = struct.Struct(">Q")
+ENVELOPE_BYTES = _KEY.size
+MAX_READERS = 1024
+# LMDB's lock file: a 192-byte header and 64 bytes per reader slot (its MDB_txninfo), rounded up
+_LOCK_FILE_BYTES = 192 + 64 * MAX_READERS + 4096
+
+
+def key_of(seq: int) -> bytes:
+    return _KEY.pack(seq)
+
+
+def seq_of(key: bytes | memoryview) -> int:
+    return int(_KEY.unpack(key)[0])
+
+
+def wrap(key: bytes, record: bytes) -> bytes:
+    """The stored value: the envelope (the key again), then the record."""
+    return key + record
+
+
+def unwrap(key: bytes, value: bytes | memoryview) -> memoryview | None:
+    """The record inside ``value`` if its envelope is ``key``, else None (damage)."""
+    view = memoryview(value)
+    if len(view) < ENVELOPE_BYTES or view[:ENVELOPE_BYTES] != key:
+        return None
+    return view[ENVELOPE_BYTES:]
+
+
+def open_env(path: Path, *, map_size: int, readonly: bool = False) -> lmdb.Environment:
+    """A shard's environment with the store's options; ``OSError`` (ENOSPC) if its lock file cannot be allocated."""
+    if not readonly:
+        fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, _LOCK_FILE_BYTES)
+        finally:
+            os.close(fd)
+    return lmdb.open(
+        str(path),
+        map_size=map_size,
+        max_dbs=4,
+        max_readers=MAX_READERS,
+        sync=True,
+        metasync=True,
+        readahead=False,
+        readonly=readonly,
+        create=not readonly,
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
