@@ -2,8 +2,11 @@
 
 Subcommands:
 
-* ``logitcache serve`` — the cache server (gRPC; see :mod:`logitcache.server`). Flags override
-  ``LOGITCACHE_*`` environment variables, which override the defaults (loopback, ``./logitcache-data``).
+* ``logitcache serve`` — the cache server (gRPC; see :mod:`logitcache.server`). Its flags are the
+  fields of :class:`~logitcache.server.settings.ServerSettings`; they override ``LOGITCACHE_*``
+  environment variables, which override the defaults (loopback, ``./logitcache-data``).
+* ``logitcache verify`` — check every shard of a data directory for damage, read-only (it can run
+  beside a live server; see :mod:`logitcache.server.integrity`). Exit 1 if anything is damaged.
 * ``logitcache teacher`` — run a Hugging Face causal LM over a corpus and write its sparse targets
   into the cache (see :mod:`logitcache.writer.teacher`); ``torchrun`` splits the work across ranks.
 * ``logitcache demo`` — a one-minute guided run on the CPU: a server on ``./logitcache-demo-data``, a tiny
@@ -14,8 +17,12 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import json
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -24,20 +31,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitcache", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the cache server")
-    serve.add_argument("--data-dir", type=Path, help="shard directory (default ./logitcache-data)")
-    serve.add_argument("--grpc", help="gRPC address host:port (default 127.0.0.1:50051)")
-    serve.add_argument("--http", help="REST API and viewer address host:port, or 'off' (default 127.0.0.1:8080)")
-    serve.add_argument("--tokenizer", type=Path, help="a Hugging Face tokenizer.json: REST shows token strings")
-    serve.add_argument(
-        "--http-reads-need-token", action="store_true", default=None, help="REST reads need the auth token too"
+    _add_settings_flags(serve)
+    verify = sub.add_parser("verify", help="check every shard of a data directory for damage (read-only)")
+    verify.add_argument(
+        "--data-dir", type=Path, help="the data directory (default: LOGITCACHE_DATA_DIR, else ./logitcache-data)"
     )
-    serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
-    serve.add_argument("--workers", type=int, help="gRPC worker threads (default 16)")
-    serve.add_argument("--auth-token", help="require 'authorization: Bearer <token>' on mutating calls")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (serve TLS)")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    serve.add_argument("--max-shard-bytes", type=int, help="a shard's size limit (default 1 TiB)")
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    verify.add_argument("--json", action="store_true", help="one JSON object per shard, one per line")
     teacher = sub.add_parser("teacher", help="cache a teacher model's sparse targets over a corpus")
     from logitcache.writer.teacher import add_arguments
 
@@ -53,6 +52,48 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`ServerSettings` field, with its description and default."""
+    from logitcache.server.settings import ServerSettings
+
+    for name, field in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        annotation: Any = field.annotation
+        if isinstance(annotation, types.UnionType):  # X | None: the flag takes an X
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        shown = "none" if field.default is None else field.default
+        help_text = f"{field.description} (default {shown})"
+        if annotation is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            kind: type = annotation if annotation in (int, float, Path) else str
+            parser.add_argument(flag, type=kind, help=help_text, metavar=name.upper())
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from logitcache.server.integrity import verify_data_dir
+    from logitcache.server.settings import ServerSettings
+
+    data_dir = args.data_dir or ServerSettings().data_dir
+    reports = verify_data_dir(data_dir)
+    for report in reports:
+        if args.json:
+            print(json.dumps(report.to_dict()))
+            continue
+        state = "ok" if report.ok else "DAMAGED"
+        print(f"shard {report.shard}: {state}, {report.records} records read ({report.path})")
+        for problem in report.problems:
+            print(f"  {problem}")
+        if report.damaged_records:
+            print(f"  {report.damaged_records} damaged record(s):")
+            for seq, why in report.damaged:
+                print(f"    seq {seq}: {why}")
+    if not args.json:
+        damaged = sum(not r.ok for r in reports)
+        print(f"{len(reports)} shard(s) checked in {data_dir}: {damaged} damaged")
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -76,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "teacher":

@@ -1,4 +1,10 @@
-"""Conversions between the project's dataclasses and the v1 protobuf messages (server and client share them)."""
+"""Conversions between the project's dataclasses and the v1 protobuf messages (server and client share them).
+
+:func:`read_response_bytes` encodes the bulk message, ``ReadResponse``, straight to its wire
+bytes: one copy of each record, made in the server's reading thread, instead of a copy into a
+message and another when gRPC serializes it on the event loop. It is pinned byte for byte to
+``ReadResponse.SerializeToString`` by the tests.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,13 @@ from logitcache.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.sampling import TargetKind
 
-__all__ = ["manifest_from_proto", "manifest_to_proto", "shard_info_from_proto", "shard_info_to_proto"]
+__all__ = [
+    "manifest_from_proto",
+    "manifest_to_proto",
+    "read_response_bytes",
+    "shard_info_from_proto",
+    "shard_info_to_proto",
+]
 
 _METHODS = {"sampled": pb.METHOD_SAMPLED, "topk": pb.METHOD_TOPK}
 
@@ -81,3 +93,26 @@ def shard_info_from_proto(message: pb.ShardInfo) -> ShardInfo:
         damage=message.damage or None,
         damaged_records=message.damaged_records,
     )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_RECORDS_TAG = b"\x0a"  # ReadResponse.records: field 1, length-delimited
+_SEQ_TAG = b"\x08"  # Record.seq: field 1, varint
+_DATA_TAG = b"\x12"  # Record.data: field 2, length-delimited
+
+
+def read_response_bytes(records: list[tuple[int, bytes]]) -> bytes:
+    """``ReadResponse(records=[Record(seq=seq, data=data), ...])`` serialized, as protobuf would."""
+    parts: list[bytes] = []
+    for seq, data in records:
+        head = (_SEQ_TAG + _varint(seq) if seq else b"") + (_DATA_TAG + _varint(len(data)) if data else b"")
+        parts += (_RECORDS_TAG, _varint(len(head) + len(data)), head, data)
+    return b"".join(parts)

@@ -50,7 +50,7 @@ def corrupt_stored(data_dir: Path, shard: int, seq: int, at: int) -> None:
 @contextmanager
 def running_server(data_dir: Path, **overrides: Any) -> Iterator[tuple[ServerThread, CacheClient]]:
     """A real server (gRPC on a free loopback port, no HTTP) in a thread of this process, and a client."""
-    settings = ServerSettings(data_dir=data_dir, grpc="127.0.0.1:0", http="off", workers=8, **overrides)
+    settings = ServerSettings(data_dir=data_dir, grpc="127.0.0.1:0", http="off", **overrides)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     with ServerThread(settings) as server, CacheClient(server.address, auth_token=token, timeout=30) as client:
         yield server, client

@@ -19,6 +19,7 @@ from logitcache import records
 from logitcache.client import (
     AlreadyExistsError,
     CacheClient,
+    CacheError,
     DataLossError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -366,3 +367,37 @@ def test_an_empty_auth_token_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="non-empty token"):
         ServerSettings(data_dir=tmp_path, auth_token=SecretStr("  "))
+
+
+def test_codes_mean_one_thing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_server(tmp_path) as (server, client):
+        client.create_shard(0, MANIFEST)
+        client.write(0, make_records(2))
+        with grpc.insecure_channel(client.address) as channel:
+            raw = channel.unary_unary(f"/{pb.DESCRIPTOR.services_by_name['LogitCache'].full_name}/GetShard")
+            with pytest.raises(grpc.RpcError) as unparseable:
+                raw(b"\xff\xff\xff", timeout=10)
+            assert unparseable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "cannot parse a logitcache.v1.GetShardRequest" in (unparseable.value.details() or "")
+            write = channel.stream_stream(f"/{pb.DESCRIPTOR.services_by_name['LogitCache'].full_name}/Write")
+            with pytest.raises(grpc.RpcError) as in_a_stream:
+                list(write(iter([b"\x0a\xff"]), timeout=10))
+            assert in_a_stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # a bug deep inside (here a ValueError injected into the record codec the Read path uses) is INTERNAL,
+        # logged with its traceback, never a permanent INVALID_ARGUMENT blamed on the request
+        from logitcache import records as codec
+
+        def broken(data: bytes) -> int:
+            raise ValueError("a bug in the codec")
+
+        monkeypatch.setattr(codec, "peek_positions", broken)
+        with caplog.at_level("ERROR", logger="logitcache.server.grpc_service"), pytest.raises(CacheError) as bug:
+            list(client.read(0, seqs=[0]))
+        assert bug.value.code == grpc.StatusCode.INTERNAL
+        assert "internal error: ValueError: a bug in the codec" in bug.value.details
+        assert any(r.exc_info for r in caplog.records)  # the traceback is in the log
+        monkeypatch.undo()
+        assert [seq for seq, _ in client.read(0, seqs=[0, 1])] == [0, 1]  # and the server serves on
+        assert server.stats.errors["INTERNAL"] == 1

@@ -22,7 +22,7 @@ from logitcache.client import (
 )
 from logitcache.manifest import ShardManifest
 from logitcache.sampling import SamplerConfig, sample
-from logitcache.server.process import ServerProcess
+from logitcache.server.process import ServerProcess, StreamLoad
 from logitcache.synthetic import lm_like_logits
 from logitcache.writer import CacheWriter, WriterClosedError
 from tests.server.helpers import running_server
@@ -283,3 +283,37 @@ def test_the_retry_budget_counts_only_the_current_outage(tmp_path: Path) -> None
     finally:
         client.close()
         server.stop()
+
+
+def test_a_busy_server_is_waited_out_not_a_failure(tmp_path: Path) -> None:
+    """RESOURCE_EXHAUSTED with a pushback (here: the server at its call bound) is retried; the data gets in."""
+    server = ServerProcess(tmp_path, "--max-concurrent-calls", "2", http=False)
+    load = StreamLoad(server.address)
+    try:
+        with CacheClient(server.address, timeout=10) as client:
+            client.create_shard(0, ShardManifest.for_sampler(SAMPLER, V))
+            load.open_idle([(0, 1000 + i, _record(i)) for i in range(2)], [])  # both slots taken, idle
+            ids, logits = _batch(2, seed=9)
+
+            def free_the_slots() -> None:  # once the writer was refused, the idle streams leave
+                server.wait_for_log(r"RESOURCE_EXHAUSTED: .*--max-concurrent-calls")
+                load.close()
+
+            freeing = threading.Thread(target=free_the_slots)
+            freeing.start()
+            with CacheWriter(client, 0, SAMPLER, retry_timeout=120) as writer:
+                writer.write([0, 1], ids, logits)  # waits out the refusals
+                writer.flush(timeout=60)
+            freeing.join()
+            _check_stored(client, 0, {0: ids[0], 1: ids[1], 1000: _ids(0), 1001: _ids(1)})
+    finally:
+        server.stop()
+
+
+def _ids(seed: int) -> torch.Tensor:
+    return _batch(1, seed=1000 + seed)[0][0]
+
+
+def _record(seed: int) -> bytes:
+    ids, logits = _batch(1, seed=1000 + seed)
+    return records.encode(ids[0], sample(logits[0], SAMPLER))

@@ -2,9 +2,10 @@
 
 **Concurrency.** Every call runs on one asyncio event loop, so an open stream that waits for its
 client (an idle ``CacheWriter`` between batches, a ``Read`` nobody consumes) costs no thread.
-LMDB work runs in two thread pools of ``--workers`` threads: one for reads, lookups and record
-validation, one for commits (:mod:`.commits`, group commit per shard), so neither a long read
-nor a durable commit stalls other calls.
+LMDB work runs in two thread pools: ``--workers`` threads (by default as many as CPUs, at most 8:
+more only fight over the GIL) for reads, lookups and record validation, and ``max(4, workers)``
+for commits (:mod:`.commits`, group commit per shard), which mostly wait in fsync; so neither a
+long read nor a durable commit stalls other calls.
 
 **Bounds** (all settings; past each the call gets ``RESOURCE_EXHAUSTED`` at once, with gRPC's
 ``grpc-retry-pushback-ms`` trailer when retrying later can succeed):
@@ -239,13 +240,13 @@ class LogitCacheService:
             try:
                 async for message in requests:
                     request = _parsed(message)
-                    nbytes = sum(len(r.data) for r in request.records)
+                    items = [(r.seq, r.data) for r in request.records]  # each .data is a copy: take it once
+                    nbytes = sum(len(data) for _, data in items)
                     await budget.acquire(nbytes)  # past the stream's bound: stop reading (flow control)
                     started = time.perf_counter()
                     shard = self.store.get(request.shard)
-                    if not request.records:
+                    if not items:
                         raise InvalidRequestError(f"records: expected at least one record in batch {request.batch_id}")
-                    items = [(r.seq, r.data) for r in request.records]
                     headers = await self._in(self._reads, shard.validate, items)
                     commit = self._commit(shard, Batch(items, headers, request.overwrite), stream, request, started)
                     results.put_nowait((asyncio.ensure_future(commit), nbytes))
@@ -286,7 +287,8 @@ class LogitCacheService:
 
     # ----------------------------------------------------------------- reads
 
-    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadResponse]:
+    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Serialized ``ReadResponse`` messages (:func:`~logitcache.wire.read_response_bytes`)."""
         shard = self.store.get(request.shard)
         if request.seqs and request.ranges:
             raise InvalidRequestError("read: expected either seqs or ranges, got both")
@@ -310,7 +312,7 @@ class LogitCacheService:
         else:
             chunks = (chunk for r in request.ranges for chunk in shard.read_range(r.start, r.end, target))
 
-        def next_response() -> pb.ReadResponse | None:
+        def next_response() -> bytes | None:
             chunk = next(chunks, None)
             if chunk is None:
                 return None
@@ -325,7 +327,7 @@ class LogitCacheService:
                     )
             positions = sum(records.peek_positions(data) for _, data in chunk)  # verified by the store
             self.stats.read(len(chunk), positions, sum(len(data) for _, data in chunk))
-            return pb.ReadResponse(records=[pb.Record(seq=seq, data=data) for seq, data in chunk])
+            return wire.read_response_bytes(chunk)  # serialized here, off the event loop
 
         started = time.perf_counter()
         upcoming = self._in(self._reads, next_response)
@@ -374,7 +376,8 @@ def service_handler(service: LogitCacheService) -> grpc.GenericRpcHandler:
         response_type = getattr(pb, method.output_type.name)
         options = {
             "request_deserializer": _deserializer(request_type),
-            "response_serializer": response_type.SerializeToString,
+            # Read's method yields its messages already serialized
+            "response_serializer": None if method.name == "Read" else response_type.SerializeToString,
         }
         if method.client_streaming:  # Write: each message is checked by the method itself
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(

@@ -29,7 +29,7 @@ from logitcache import records
 from logitcache.manifest import ManifestMismatchError, ShardManifest
 from logitcache.server import layout
 
-__all__ = ["ShardReport", "check_meta_pages", "check_tree", "verify_shard"]
+__all__ = ["ShardReport", "check_meta_pages", "check_tree", "verify_data_dir", "verify_shard"]
 
 _P_META = 0x08
 _MDB_MAGIC = 0xBEEFC0DE
@@ -211,3 +211,14 @@ def _verify_env(env: lmdb.Environment, report: ShardReport) -> None:
                 total = layout.U64.unpack(bytes(kept))[0] if kept is not None and len(kept) == 8 else None
                 if total != counted:
                     report.problems.append(f"totals: meta says {total} record {name}, the records hold {counted}")
+
+
+def verify_data_dir(data_dir: Path) -> list[ShardReport]:
+    """:func:`verify_shard` for every shard directory under ``data_dir``, by shard number."""
+    shards_dir = data_dir / "shards"
+    if not shards_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a logitcache data directory (it has no shards/)")
+    found = sorted(
+        (shard_id, entry) for entry in shards_dir.iterdir() if (shard_id := layout.shard_id_of(entry)) is not None
+    )
+    return [verify_shard(shard_id, entry) for shard_id, entry in found]

@@ -24,6 +24,7 @@ SIGBUS that no code can catch.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import lmdb
 __all__ = [
     "ENVELOPE_BYTES",
     "MAX_READERS",
+    "MAX_SHARD_ID",
     "META_BYTES",
     "META_DB",
     "META_FORMAT",
@@ -46,10 +48,13 @@ __all__ = [
     "key_of",
     "open_env",
     "seq_of",
+    "shard_dir",
+    "shard_id_of",
     "unwrap",
     "wrap",
 ]
 
+MAX_SHARD_ID = 2**32 - 1
 STORE_FORMAT = 2
 RECORDS_DB = b"records"
 META_DB = b"meta"
@@ -65,6 +70,21 @@ ENVELOPE_BYTES = _KEY.size
 MAX_READERS = 1024
 # LMDB's lock file: a 192-byte header and 64 bytes per reader slot (its MDB_txninfo), rounded up
 _LOCK_FILE_BYTES = 192 + 64 * MAX_READERS + 4096
+
+
+_SHARD_DIR = re.compile(r"[0-9]{10}")
+
+
+def shard_dir(data_dir: Path, shard_id: int) -> Path:
+    """Where a shard lives: named from its number alone, so no request can reach outside ``data_dir``."""
+    return data_dir / "shards" / f"{shard_id:010d}"
+
+
+def shard_id_of(entry: Path) -> int | None:
+    """The shard a directory entry under ``shards/`` holds, or None if it is not a shard directory."""
+    if entry.is_dir() and _SHARD_DIR.fullmatch(entry.name) and int(entry.name) <= MAX_SHARD_ID:
+        return int(entry.name)
+    return None
 
 
 def key_of(seq: int) -> bytes:

@@ -76,8 +76,9 @@ class CacheServer:
         self.stats = ServerStats()
         self.stats.attach(self.store)
         self._tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.tokenizer)
-        self._reads = ThreadPoolExecutor(settings.workers, thread_name_prefix="lmdb-read")
-        self._commits = ThreadPoolExecutor(settings.workers, thread_name_prefix="lmdb-commit")
+        workers = settings.worker_threads
+        self._reads = ThreadPoolExecutor(workers, thread_name_prefix="lmdb-read")
+        self._commits = ThreadPoolExecutor(max(4, workers), thread_name_prefix="lmdb-commit")  # mostly in fsync
         self.committer = Committer(self._commits, settings.max_pending_commit_bytes)
         self.port = 0
         self.http_port: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -23,8 +24,12 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, le=2**31 - 1, description="largest gRPC message accepted or sent"
     )
-    workers: int = Field(
-        16, ge=1, le=1024, description="threads for LMDB reads and record validation, and as many for commits"
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="threads for record validation and LMDB reads (none: the CPUs, at most 8); "
+        "commits get max(4, workers)",
     )
     max_concurrent_calls: int = Field(
         1024, ge=1, description="gRPC calls served at once, open streams included; past it RESOURCE_EXHAUSTED"
@@ -45,6 +50,11 @@ class ServerSettings(BaseSettings):
     max_shard_bytes: int = Field(1 << 40, ge=1 << 20, description="a shard's map never grows past this")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight calls get on SIGTERM")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def worker_threads(self) -> int:
+        """``workers``, or its default: more threads than CPUs only fight over the GIL."""
+        return self.workers or min(os.cpu_count() or 4, 8)
 
     @field_validator("grpc", "http")
     @classmethod

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -31,12 +30,10 @@ from logitcache.server.errors import (
 )
 from logitcache.server.shard import Shard
 
-__all__ = ["MAX_SHARD_ID", "Store"]
+__all__ = ["Store"]
 
 log = logging.getLogger(__name__)
-
-MAX_SHARD_ID = 2**32 - 1
-_SHARD_DIR = re.compile(r"[0-9]{10}")
+_READY_ROOM = 1 << 20  # ready: room above the floor for at least a small write
 
 
 class Store:
@@ -73,10 +70,11 @@ class Store:
             if entry.name.endswith(".creating"):
                 shutil.rmtree(entry, ignore_errors=True)  # a creation interrupted by a crash
                 continue
-            if not (entry.is_dir() and _SHARD_DIR.fullmatch(entry.name) and int(entry.name) <= MAX_SHARD_ID):
+            shard_id = layout.shard_id_of(entry)
+            if shard_id is None:
                 log.warning("ignoring %s: not a shard directory", entry)
                 continue
-            self._shards[int(entry.name)] = self._shard(int(entry.name), entry)
+            self._shards[shard_id] = self._shard(shard_id, entry)
         damaged = [s.shard_id for s in self._shards.values() if s.damage is not None]
         log.info(
             "store at %s: %d shard(s) opened and checked in %.1f s%s",
@@ -92,9 +90,9 @@ class Store:
         )
 
     def _path(self, shard_id: int) -> Path:
-        if not 0 <= shard_id <= MAX_SHARD_ID:
+        if not 0 <= shard_id <= layout.MAX_SHARD_ID:
             raise InvalidRequestError(f"shard: expected 0 <= shard < 2**32, got {shard_id}")
-        return self._shards_dir / f"{shard_id:010d}"  # digits only: nothing can escape the data directory
+        return layout.shard_dir(self.data_dir, shard_id)
 
     def create_shard(self, shard_id: int, manifest: ShardManifest, *, exist_ok: bool = False) -> Shard:
         path = self._path(shard_id)
@@ -149,7 +147,7 @@ class Store:
                 pass
         except OSError as exc:
             reasons.append(f"the data directory {self.data_dir} is not writable: {exc}")
-        shortage = self.disk.shortage()
+        shortage = self.disk.shortage(_READY_ROOM)
         if shortage is not None:
             reasons.append(shortage)
         reasons += [f"shard {s.shard_id} is damaged: {s.damage}" for s in self.shards() if s.damage is not None]

@@ -196,8 +196,19 @@ class CacheWriter:
             self._shutdown(wait=False)
 
     def _create_shard(self, vocab_size: int) -> None:
+        """Create (or find) the shard; a transient refusal is retried within ``retry_timeout``."""
         manifest = self._manifest_for(vocab_size)
-        self.client.create_shard(self.shard, manifest, exist_ok=True)
+        deadline = time.monotonic() + self.retry_timeout
+        while True:
+            try:
+                self.client.create_shard(self.shard, manifest, exist_ok=True)
+                break
+            except CacheError as exc:
+                pause = max(1.0, exc.retry_after or 0.0)
+                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("shard %d: creating it failed (%s); retrying in %.1f s", self.shard, exc, pause)
+                time.sleep(pause)
         self.manifest = manifest
 
     def _raise_if_failed(self) -> None:

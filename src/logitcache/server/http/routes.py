@@ -119,6 +119,7 @@ def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) ->
     responses={
         **NOT_FOUND,
         **DATA_LOSS,
+        400: {"model": schemas.ErrorBody, "description": "the body does not parse as JSON"},
         415: {"model": schemas.ErrorBody, "description": "the body is not application/json"},
     },
     dependencies=[Depends(require_json)],
