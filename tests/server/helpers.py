@@ -40,7 +40,7 @@ def corrupt_stored(data_dir: Path, shard: int, seq: int, at: int) -> None:
     """Flip bits of byte ``at`` of a stored record, behind the server's back (it must be stopped)."""
     env = lmdb.open(str(data_dir / "shards" / f"{shard:010d}"), max_dbs=4)
     with env.begin(write=True, db=env.open_db(b"records")) as txn:
-        key = seq.to_bytes(8, "big")
+        key = layout.key_of(seq)
         corrupted = bytearray(txn.get(key) or b"")
         corrupted[layout.ENVELOPE_BYTES + at] ^= 0x05
         txn.put(key, bytes(corrupted))

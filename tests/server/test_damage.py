@@ -56,12 +56,13 @@ def _flip(path: Path, offset: int, mask: int) -> None:
 
 
 def _node_of(path: Path, seq: int) -> int:
-    """The file offset of seq's key in its leaf node (the key is followed by its envelope: itself)."""
+    """The file offset of seq's key in its leaf node (the key is followed by its envelope: the seq)."""
     raw = path.read_bytes()
     key = layout.key_of(seq)
-    at = raw.find(key + key)
+    node = key + key[: layout.ENVELOPE_BYTES]
+    at = raw.find(node)
     assert at >= 0
-    assert raw.find(key + key, at + 1) < 0
+    assert raw.find(node, at + 1) < 0
     return at
 
 
@@ -120,7 +121,7 @@ def test_a_flipped_key_never_serves_another_seqs_record(tmp_path: Path) -> None:
     try:
         damaged = store.get(0)
         assert damaged.damage is not None
-        assert "seq 211" in damaged.damage
+        assert "a damaged key" in damaged.damage  # found at open, by the key's own CRC
         with pytest.raises(ShardDamagedError, match="seq 211"):
             damaged.get(211)  # it holds 210's record: refused, never served as 211
         with pytest.raises(ShardDamagedError, match="seq 210 is not found in shard 0, which is damaged"):
@@ -139,7 +140,7 @@ def test_a_flipped_key_never_serves_another_seqs_record(tmp_path: Path) -> None:
 
 def test_a_flipped_value_is_data_loss_for_that_record_only(tmp_path: Path) -> None:
     items = _build(tmp_path)
-    _flip(_data_file(tmp_path), _node_of(_data_file(tmp_path), 100) + 16 + 200, 0x10)  # inside the record
+    _flip(_data_file(tmp_path), _node_of(_data_file(tmp_path), 100) + 20 + 200, 0x10)  # inside the record
     store = Store(tmp_path)
     try:
         shard = store.get(0)
@@ -291,7 +292,7 @@ def test_a_damaged_shard_is_reported_on_every_surface(damaged_server: tuple[Serv
 def test_verify_names_each_damaged_record(tmp_path: Path) -> None:
     items = _build(tmp_path)
     for seq in (3, 150):
-        _flip(_data_file(tmp_path), _node_of(_data_file(tmp_path), seq) + 16 + 100, 0x01)
+        _flip(_data_file(tmp_path), _node_of(_data_file(tmp_path), seq) + 20 + 100, 0x01)
     done = subprocess.run(
         [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(tmp_path)],
         capture_output=True,
@@ -341,7 +342,7 @@ def test_a_store_format_1_shard_is_upgraded_in_place(tmp_path: Path) -> None:
         txn.put(layout.META_POSITIONS, layout.U64.pack(sum(32 for _ in items)), db=meta)
         txn.put(layout.META_BYTES, layout.U64.pack(sum(len(d) for _, d in items)), db=meta)
         for seq, data in items:
-            txn.put(layout.key_of(seq), data, db=records_db)
+            txn.put(seq.to_bytes(8, "big"), data, db=records_db)  # format 1: the bare seq as key
     env.close()
     store = Store(tmp_path)
     try:

@@ -7,11 +7,13 @@ Three depths:
   file, and transaction ids that alternate between the pages (LMDB writes transaction ``t`` to
   page ``t % 2``). A damaged newest meta page would otherwise make LMDB open the previous
   snapshot silently, losing the last commit.
-* :func:`check_tree` walks every key of the records tree in order: keys must ascend, each must
-  be found again by a search from the root (a damaged branch page misroutes searches while the
-  walk, which follows child pointers, still sees the key), each value's envelope must name its
-  key, and the count must match LMDB's. It reads no record beyond its envelope, so it is cheap
-  enough to run whenever a shard opens (about 0.6 s per million records).
+* :func:`check_tree` walks every key of the records tree in order: each key must pass its CRC
+  and ascend, each must be found again by a search from the root (a damaged branch page
+  misroutes searches while the walk, which follows child pointers, still sees the key), and the
+  count must match LMDB's. It reads keys only (leaf and branch pages, never a value's own
+  pages), so it runs whenever a shard opens: measured, 0.7 s for 20 000 records of 72 KB from a
+  cold page cache, and 2 s (cached) to 13 s (cold) for a million 1 KB records, whose values sit
+  in the leaf pages.
 * :func:`verify_shard` adds every record: checksum, full decode, agreement with the manifest,
   and the totals kept in ``meta``. ``logitcache verify`` runs it over a data directory; it opens
   the environments read-only, so it can run beside a live server.
@@ -90,16 +92,14 @@ def check_tree(txn: lmdb.Transaction, db: lmdb._Database) -> str | None:
     entries = txn.stat(db)["entries"]
     walked = 0
     previous = b""
-    for raw_key, value in txn.cursor(db=db):
+    for raw_key in txn.cursor(db=db).iternext(keys=True, values=False):
         key = bytes(raw_key)
-        if len(key) != layout.ENVELOPE_BYTES:
-            return f"records: a key of {len(key)} bytes after seq {_seq(previous)}"
+        if not layout.key_ok(key):
+            return f"records: a damaged key ({key.hex()}) after seq {_seq(previous)}"
         seq = layout.seq_of(key)
         if key <= previous:
             return f"records: seq {seq} comes after seq {_seq(previous)} (keys out of order)"
-        if layout.unwrap(key, value) is None:
-            return f"records: the value under seq {seq} is not bound to it (a damaged key or value)"
-        if txn.get(key, db=db) is None:
+        if not txn.cursor(db=db).set_key(key):  # a new cursor searches from the root (and reads no value)
             return f"records: seq {seq} is in the tree but a search for it fails (a damaged branch page)"
         previous = key
         walked += 1
@@ -109,7 +109,7 @@ def check_tree(txn: lmdb.Transaction, db: lmdb._Database) -> str | None:
 
 
 def _seq(key: bytes) -> str:
-    return str(layout.seq_of(key)) if len(key) == layout.ENVELOPE_BYTES else "(none)"
+    return str(layout.seq_of(key)) if key else "(none)"
 
 
 @dataclass
@@ -186,12 +186,12 @@ def _verify_env(env: lmdb.Environment, report: ShardReport) -> None:
         positions = nbytes = 0
         for raw_key, value in txn.cursor(db=records_db):
             key = bytes(raw_key)
-            seq = layout.seq_of(key) if len(key) == layout.ENVELOPE_BYTES else -1
+            seq = layout.seq_of(key) if len(key) >= layout.ENVELOPE_BYTES else -1
             report.records += 1
-            record = layout.unwrap(key, value)
+            record = layout.unwrap(key, value) if layout.key_ok(key) else None
             try:
                 if record is None:
-                    raise records.RecordError("envelope", "the value is not bound to its key")
+                    raise records.RecordError("envelope", "the key is damaged, or the value is not bound to it")
                 decoded = records.decode(record)
                 if manifest is not None:
                     manifest.check(decoded.header)

@@ -5,15 +5,17 @@
     <data_dir>/.lock                                  one server per data directory (flock)
     <data_dir>/shards/<shard:010d>/data.mdb, lock.mdb
 
-* ``records`` maps the seq (8 bytes big-endian, so cursor order is seq order) to a value that is
-  the same 8 bytes again (the *envelope*) followed by one packed sequence record. LMDB pages
-  carry no checksum; the record's own checksum catches a damaged value, and the envelope ties
-  the value to its key, so a damaged key can never serve another seq's record.
+* ``records`` maps a 12-byte key, the seq (8 bytes big-endian, so cursor order is seq order) and
+  a CRC-32 of those 8 bytes, to a value that is the seq's 8 bytes again (the *envelope*) followed
+  by one packed sequence record. LMDB pages carry no checksum, so each piece checks itself: a
+  damaged key fails its CRC (found by walking the keys alone, without reading a value), a
+  value reached through a damaged page pointer names another seq in its envelope, and a damaged
+  record fails its own checksum. No seq can be served another seq's record.
 * ``meta`` holds the manifest (JSON), the store format, the sealed flag and the totals
   (positions, record bytes), updated in the same transaction as the records they count.
 
-Store format 2 is the one above; format 1 (logitcache 0.1) stored records without the envelope
-and is upgraded in place when a shard opens (:meth:`~logitcache.server.shard.Shard.open`).
+Store format 2 is the one above; format 1 (logitcache 0.1: 8-byte keys, bare records) is
+upgraded in place when a shard opens (:class:`~logitcache.server.shard.Shard`).
 
 Environments are opened with ``sync=True, metasync=True``: a commit returns after LMDB flushed
 it to disk. ``lock.mdb`` is allocated on disk before LMDB maps it: LMDB extends it sparsely and
@@ -26,12 +28,14 @@ from __future__ import annotations
 import os
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import lmdb
 
 __all__ = [
     "ENVELOPE_BYTES",
+    "KEY_BYTES",
     "MAX_READERS",
     "MAX_SHARD_ID",
     "META_BYTES",
@@ -46,7 +50,9 @@ __all__ = [
     "U64",
     "fsync_dir",
     "key_of",
+    "key_ok",
     "open_env",
+    "seek_key",
     "seq_of",
     "shard_dir",
     "shard_id_of",
@@ -65,8 +71,10 @@ META_POSITIONS = b"positions"
 META_BYTES = b"record_bytes"
 META_UPGRADED_THROUGH = b"upgraded_through"  # during an upgrade from format 1: the next seq to rewrite
 U64 = struct.Struct("<Q")
-_KEY = struct.Struct(">Q")
-ENVELOPE_BYTES = _KEY.size
+_SEQ = struct.Struct(">Q")
+_CHECK = struct.Struct(">I")
+ENVELOPE_BYTES = _SEQ.size
+KEY_BYTES = _SEQ.size + _CHECK.size
 MAX_READERS = 1024
 # LMDB's lock file: a 192-byte header and 64 bytes per reader slot (its MDB_txninfo), rounded up
 _LOCK_FILE_BYTES = 192 + 64 * MAX_READERS + 4096
@@ -88,22 +96,35 @@ def shard_id_of(entry: Path) -> int | None:
 
 
 def key_of(seq: int) -> bytes:
-    return _KEY.pack(seq)
+    """The record key of ``seq``: the seq, big-endian, then a CRC-32 of it."""
+    prefix = _SEQ.pack(seq)
+    return prefix + _CHECK.pack(zlib.crc32(prefix))
+
+
+def seek_key(seq: int) -> bytes:
+    """A key that sorts before ``seq``'s and after every smaller seq's (``set_range`` from ``seq``)."""
+    return _SEQ.pack(seq)
 
 
 def seq_of(key: bytes | memoryview) -> int:
-    return int(_KEY.unpack(key)[0])
+    """The seq a key names (its CRC unchecked: see :func:`key_ok`)."""
+    return int(_SEQ.unpack_from(key)[0])
+
+
+def key_ok(key: bytes | memoryview) -> bool:
+    """Whether ``key`` is a well-formed record key (length and CRC)."""
+    return len(key) == KEY_BYTES and bytes(key) == key_of(seq_of(key))
 
 
 def wrap(key: bytes, record: bytes) -> bytes:
-    """The stored value: the envelope (the key again), then the record."""
-    return key + record
+    """The stored value: the envelope (the key's seq), then the record."""
+    return key[:ENVELOPE_BYTES] + record
 
 
 def unwrap(key: bytes, value: bytes | memoryview) -> memoryview | None:
-    """The record inside ``value`` if its envelope is ``key``, else None (damage)."""
+    """The record inside ``value`` if its envelope names ``key``'s seq, else None (damage)."""
     view = memoryview(value)
-    if len(view) < ENVELOPE_BYTES or view[:ENVELOPE_BYTES] != key:
+    if len(view) < ENVELOPE_BYTES or view[:ENVELOPE_BYTES] != key[:ENVELOPE_BYTES]:
         return None
     return view[ENVELOPE_BYTES:]
 

@@ -209,13 +209,17 @@ class Shard:
             log.error("shard %d is damaged: %s", self.shard_id, reason)
 
     def _upgrade(self) -> None:
-        """Store format 1 → 2: put the envelope before every record, in resumable chunks."""
+        """Store format 1 → 2: checked keys and enveloped values, in resumable chunks.
+
+        Format 1's 8-byte keys sort just before their format-2 keys, so a chunk starts at the
+        first key not yet upgraded and every key from there on is still a format-1 key.
+        """
         env = self._require_open()
         log.warning("shard %d: upgrading from store format 1 (binding each record to its seq)", self.shard_id)
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    start = txn.get(layout.META_UPGRADED_THROUGH, db=self._meta) or layout.key_of(0)
+                    start = txn.get(layout.META_UPGRADED_THROUGH, db=self._meta) or layout.seek_key(0)
                     cursor = txn.cursor(db=self._records)
                     found = cursor.set_range(start)
                     chunk: list[tuple[bytes, bytes]] = []
@@ -225,7 +229,9 @@ class Shard:
                         size += len(chunk[-1][1])
                         found = cursor.next()
                     resume = cursor.key() if found else None
-                    for key, value in chunk:
+                    for old_key, value in chunk:
+                        key = layout.key_of(layout.seq_of(old_key))
+                        txn.delete(old_key, db=self._records)
                         txn.put(key, layout.wrap(key, value), db=self._records)
                     if resume is not None:
                         txn.put(layout.META_UPGRADED_THROUGH, resume, db=self._meta)
@@ -563,10 +569,12 @@ class Shard:
             size = 0
             with self._reading() as txn:
                 cursor = txn.cursor()
-                found = cursor.set_range(layout.key_of(next_seq))
+                found = cursor.set_range(layout.seek_key(next_seq))
                 while found:
                     key = bytes(cursor.key())
                     seq = layout.seq_of(key)
+                    if not layout.key_ok(key):
+                        raise self._damaged(f"records: a damaged key ({key.hex()}) in a range read from seq {next_seq}")
                     if seq >= end:
                         found = False
                         break
@@ -591,7 +599,7 @@ class Shard:
         out: list[tuple[int, int]] = []
         with self._reading() as txn:
             cursor = txn.cursor()
-            found = cursor.set_range(layout.key_of(start))
+            found = cursor.set_range(layout.seek_key(start))
             while found and len(out) < limit:
                 key = bytes(cursor.key())
                 record = layout.unwrap(key, cursor.value())
@@ -617,8 +625,10 @@ class Shard:
             resume: int | None = None
             with self._reading() as txn:
                 cursor = txn.cursor()
-                if cursor.set_range(layout.key_of(next_seq)):
+                if cursor.set_range(layout.seek_key(next_seq)):
                     for key in cursor.iternext(keys=True, values=False):
+                        if not layout.key_ok(key):
+                            raise self._damaged(f"records: a damaged key ({bytes(key).hex()}) after seq {end - 1}")
                         seq = layout.seq_of(key)
                         if seq != end:
                             if end >= 0:
