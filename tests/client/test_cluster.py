@@ -105,19 +105,17 @@ def test_a_client_pickles_without_its_channels(tmp_path: Path) -> None:
 
 
 def test_a_read_broken_by_a_server_restart_resumes_without_repeats(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)  # it picks its port; the restart takes the same one again
+    port = server.port
     try:
-        with CacheClient(f"127.0.0.1:{port}", timeout=10, retries=8) as client:
+        with CacheClient(server.address, timeout=10, retries=8) as client:
             client.create_shard(0, MANIFEST)
             client.write(0, make_records(60, seed=3))
             for query in ({"ranges": [(0, 20), (30, 60)]}, {"seqs": list(range(59, -1, -2))}):
                 stream = client.read(0, max_message_bytes=1, **query)
                 got = [next(stream)[0] for _ in range(5)]
                 server.stop()  # SIGKILL in the middle of the stream
-                server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+                server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}", http=False)
                 got += [seq for seq, _ in stream]
                 if "ranges" in query:
                     assert got == [*range(20), *range(30, 60)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,24 +22,21 @@ BATCH = 4
 
 
 def test_kill_9_during_concurrent_writes_loses_no_acked_record_and_leaves_no_half_batch(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     pool = make_records(32, seed=7)  # payloads, reused under ever new seqs
     rnd = random.Random(0)
     sent: dict[int, list[list[tuple[int, bytes]]]] = {shard: [] for shard in range(STREAMS)}
     acked: dict[int, list[list[tuple[int, bytes]]]] = {shard: [] for shard in range(STREAMS)}
     next_seq = dict.fromkeys(range(STREAMS), 0)
     for cycle in range(CYCLES):
-        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+        server = ServerProcess(tmp_path, http=False)  # port 0: the bound port is read back
         try:
-            with CacheClient(f"127.0.0.1:{port}", timeout=10, retries=0) as admin:
+            with CacheClient(server.address, timeout=10, retries=0) as admin:
                 for shard in range(STREAMS):
                     admin.create_shard(shard, MANIFEST, exist_ok=True)
             stop = threading.Event()
 
-            def stream(shard: int, stop: threading.Event) -> None:
-                with CacheClient(f"127.0.0.1:{port}", timeout=10, retries=0) as client:
+            def stream(shard: int, stop: threading.Event, address: str) -> None:
+                with CacheClient(address, timeout=10, retries=0) as client:
                     while not stop.is_set():
                         batch = [
                             (next_seq[shard] + i, pool[(next_seq[shard] + i) % len(pool)][1]) for i in range(BATCH)
@@ -53,7 +49,7 @@ def test_kill_9_during_concurrent_writes_loses_no_acked_record_and_leaves_no_hal
                             return  # the server died: this batch may or may not have committed
                         acked[shard].append(batch)
 
-            threads = [threading.Thread(target=stream, args=(shard, stop)) for shard in range(STREAMS)]
+            threads = [threading.Thread(target=stream, args=(shard, stop, server.address)) for shard in range(STREAMS)]
             for t in threads:
                 t.start()
             time.sleep(rnd.uniform(0.2, 1.0))  # a random moment
@@ -66,9 +62,9 @@ def test_kill_9_during_concurrent_writes_loses_no_acked_record_and_leaves_no_hal
             server.stop()
         assert any(acked.values()), f"cycle {cycle}: nothing was acknowledged before the kill"
 
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)  # port 0: the bound port is read back
     try:
-        with CacheClient(f"127.0.0.1:{port}", timeout=30) as client:
+        with CacheClient(server.address, timeout=30) as client:
             for shard in range(STREAMS):
                 stored = dict(client.read(shard, ranges=[(0, next_seq[shard])]))
                 for data in stored.values():

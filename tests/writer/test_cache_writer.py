@@ -32,11 +32,11 @@ T = 16
 SAMPLER = SamplerConfig(rounds=20)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+def _silent_port() -> socket.socket:
+    """A socket bound to a free port and never listening, held for the test: connections to it are refused."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    return silent
 
 
 def _batch(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,19 +71,19 @@ def test_records_hold_exactly_what_the_sampler_drew(tmp_path: Path) -> None:
 
 
 def test_write_returns_before_any_ack_and_flush_waits_for_them(tmp_path: Path) -> None:
-    port = _free_port()
-    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
-    server: ServerProcess | None = None
+    server: ServerProcess | None = ServerProcess(tmp_path, http=False)
+    assert server is not None
+    port = server.port
+    client = CacheClient(server.address, timeout=10)
     try:
         ids, logits = _batch(4, seed=2)
-        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
         writer = CacheWriter(client, 0, SAMPLER, vocab_size=V)  # the shard exists from here on
         server.stop()  # nobody listens: no write can be acknowledged
         started = time.perf_counter()
         writer.write(range(4), ids, logits)
         assert time.perf_counter() - started < 5  # returned although nothing can be acked
         assert writer.stats().pending_records == 4
-        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}", http=False)
         writer.close()
         assert writer.stats().pending_records == 0
         _check_stored(client, 0, {i: ids[i] for i in range(4)})
@@ -94,9 +94,9 @@ def test_write_returns_before_any_ack_and_flush_waits_for_them(tmp_path: Path) -
 
 
 def test_backpressure_blocks_write_and_bounds_pending_records(tmp_path: Path) -> None:
-    port = _free_port()
-    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)  # it picks its port; restarts take the same one again
+    port = server.port
+    client = CacheClient(server.address, timeout=10)
     try:
         writer = CacheWriter(
             client, 0, SAMPLER, vocab_size=V, batch_records=2, max_pending_writes=2, max_inflight_batches=3
@@ -120,7 +120,7 @@ def test_backpressure_blocks_write_and_bounds_pending_records(tmp_path: Path) ->
         # at most: 3 batches of 2 records in flight, 2 calls of 2 queued, 1 call being packed, 1 blocked
         assert calls <= 6
         assert writer.stats().pending_records <= 2 * (3 + 2 + 1 + 1)
-        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+        server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}", http=False)
         producer.join(timeout=60)
         assert not producer.is_alive()
         writer.close()
@@ -132,9 +132,9 @@ def test_backpressure_blocks_write_and_bounds_pending_records(tmp_path: Path) ->
 
 
 def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
-    port = _free_port()
-    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)  # it picks its port; restarts take the same one again
+    port = server.port
+    client = CacheClient(server.address, timeout=10)
     expected: dict[int, torch.Tensor] = {}
     try:
         with CacheWriter(client, 0, SAMPLER, batch_records=2, retry_timeout=60) as writer:
@@ -144,7 +144,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: 
                 expected.update({3 * step + i: ids[i] for i in range(3)})
                 if step in (3, 8):  # SIGKILL, then a new server on the same data directory and port
                     server.stop()
-                    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+                    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}", http=False)
         stats = writer.stats()
         assert stats.records_written + stats.records_unchanged >= len(expected)
         assert stats.retries >= 1
@@ -214,8 +214,8 @@ def test_bad_input_is_refused_before_anything_is_queued(
 
 
 def test_an_exception_in_the_with_block_stops_the_writer_without_hanging(tmp_path: Path) -> None:
-    port = _free_port()  # nobody listens: a flush would wait for the retry budget
-    client = CacheClient(f"127.0.0.1:{port}", timeout=1)
+    silent = _silent_port()  # nobody listens: a flush would wait for the retry budget
+    client = CacheClient(f"127.0.0.1:{silent.getsockname()[1]}", timeout=1)
     ids, logits = _batch(1, seed=8)
     writer = CacheWriter(client, 0, SAMPLER)
     writer.manifest = ShardManifest.for_sampler(SAMPLER, V)  # skip creating the shard (no server)
@@ -232,6 +232,7 @@ def test_an_exception_in_the_with_block_stops_the_writer_without_hanging(tmp_pat
     with pytest.raises(WriterClosedError):
         writer.write([1], ids, logits)
     client.close()
+    silent.close()
 
 
 def test_invalid_argument_from_the_server_is_permanent(tmp_path: Path) -> None:
@@ -247,9 +248,8 @@ def test_invalid_argument_from_the_server_is_permanent(tmp_path: Path) -> None:
 
 
 def test_a_hung_server_fails_the_writer_within_its_retry_budget(tmp_path: Path) -> None:
-    port = _free_port()
-    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)
+    client = CacheClient(server.address, timeout=10)
     try:
         writer = CacheWriter(client, 0, SAMPLER, vocab_size=V, ack_timeout=1.0, retry_timeout=3.0)
         server.proc.send_signal(signal.SIGSTOP)  # alive, connected, and silent
@@ -267,14 +267,14 @@ def test_a_hung_server_fails_the_writer_within_its_retry_budget(tmp_path: Path) 
 
 
 def test_the_retry_budget_counts_only_the_current_outage(tmp_path: Path) -> None:
-    port = _free_port()
-    client = CacheClient(f"127.0.0.1:{port}", timeout=10)
-    server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, http=False)  # it picks its port; restarts take the same one again
+    port = server.port
+    client = CacheClient(server.address, timeout=10)
     try:
         with CacheWriter(client, 0, SAMPLER, vocab_size=V, retry_timeout=1.5) as writer:
             for outage in range(2):  # two short outages, further apart than the budget
                 server.stop()
-                server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}")
+                server = ServerProcess(tmp_path, "--grpc", f"127.0.0.1:{port}", http=False)
                 time.sleep(2.0)
                 ids, logits = _batch(2, seed=20 + outage)
                 writer.write([2 * outage, 2 * outage + 1], ids, logits)

@@ -170,15 +170,9 @@ def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_pa
 def test_an_unreachable_server_is_a_clear_error(
     tiny_llama: Path, tmp_path: Path, corpus: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()
-    assert main(_args(tiny_llama, tmp_path, port)) == 1
-    assert "UNAVAILABLE" in capsys.readouterr().err
-
-
-def _free_port() -> int:
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    with socket.socket() as silent:  # bound, never listening, held: connections to it are refused
+        silent.bind(("127.0.0.1", 0))
+        assert main(_args(tiny_llama, tmp_path, silent.getsockname()[1])) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
