@@ -5,8 +5,8 @@ Subcommands:
 * ``logitcache serve`` — the cache server (gRPC; see :mod:`logitcache.server`). Its flags are the
   fields of :class:`~logitcache.server.settings.ServerSettings`; they override ``LOGITCACHE_*``
   environment variables, which override the defaults (loopback, ``./logitcache-data``).
-* ``logitcache verify`` — check every shard of a data directory for damage, read-only (it can run
-  beside a live server; see :mod:`logitcache.server.integrity`). Exit 1 if anything is damaged.
+* ``logitcache verify`` — check every shard of a data directory for damage, read-only, with no
+  server running in it (see :mod:`logitcache.server.integrity`). Exit 1 if anything is damaged.
 * ``logitcache teacher`` — run a Hugging Face causal LM over a corpus and write its sparse targets
   into the cache (see :mod:`logitcache.writer.teacher`); ``torchrun`` splits the work across ranks.
 * ``logitcache demo`` — a one-minute guided run on the CPU: a server on ``./logitcache-demo-data``, a tiny
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -73,11 +74,16 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from logitcache.server.errors import StoreError
     from logitcache.server.integrity import verify_data_dir
     from logitcache.server.settings import ServerSettings
 
     data_dir = args.data_dir or ServerSettings().data_dir
-    reports = verify_data_dir(data_dir)
+    try:
+        reports = verify_data_dir(data_dir)
+    except StoreError as exc:  # a server runs in it
+        print(f"logitcache verify: {exc}; stop it, or verify a copy of the directory", file=sys.stderr)
+        return 2
     for report in reports:
         if args.json:
             print(json.dumps(report.to_dict()))

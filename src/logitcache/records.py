@@ -102,6 +102,7 @@ __all__ = [
     "TruncatedRecordError",
     "UnsupportedVersionError",
     "WeightError",
+    "declared_size",
     "decode",
     "decode_torch",
     "encode",
@@ -116,6 +117,7 @@ FORMAT_VERSION = 1
 HEADER_SIZE = 56
 _HEADER = struct.Struct("<4sHBBIIIIBBBBfIIQQ")
 _T_FIELD = struct.Struct("<I")  # num_positions, at offset 16
+_BODY_LEN = struct.Struct("<I")  # body_len, at offset 32
 _CHECKED_HEADER = 48  # the checksum covers header bytes [0, 48) and the body
 _METHOD_CODES: dict[TargetKind, int] = {"sampled": 1, "topk": 2}
 _METHODS_BY_CODE: dict[int, TargetKind] = {v: k for k, v in _METHOD_CODES.items()}
@@ -358,6 +360,15 @@ def peek_positions(data: bytes | bytearray | memoryview) -> int:
     For records already verified (the server's read path) or known corrupt (its accounting).
     """
     return int(_T_FIELD.unpack_from(data, 16)[0]) if len(data) >= 20 else 0
+
+
+def declared_size(data: bytes | bytearray | memoryview) -> int | None:
+    """The size the header declares for the whole record (``HEADER_SIZE + body_len``), unvalidated.
+
+    Reads only the header's first 36 bytes: a store checks a stored value's length against it
+    before touching the rest (a damaged length must not send a read past the data).
+    """
+    return HEADER_SIZE + int(_BODY_LEN.unpack_from(data, 32)[0]) if len(data) >= 36 else None
 
 
 def _checksum(header: memoryview | bytes, body: memoryview | bytes) -> int:

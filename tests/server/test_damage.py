@@ -17,14 +17,18 @@ from pathlib import Path
 import httpx
 import lmdb
 import pytest
+import torch
 
+from logitcache import records
 from logitcache.client import CacheError, DataLossError, NotFoundError
 from logitcache.manifest import ShardManifest
+from logitcache.sampling import sample_random
 from logitcache.server import layout
 from logitcache.server.errors import CorruptRecordError, SeqNotFoundError, ShardDamagedError, StoreError
 from logitcache.server.process import ServerProcess
 from logitcache.server.store import Store
-from tests.server.helpers import MANIFEST, make_records
+from logitcache.synthetic import lm_like_logits
+from tests.server.helpers import MANIFEST, VOCAB, make_records
 
 N = 211  # seqs 0..210 are written, 211 never is (the issue's case)
 _P_BRANCH = 0x01
@@ -274,6 +278,12 @@ def test_a_damaged_shard_is_reported_on_every_surface(damaged_server: tuple[Serv
         metrics = http.get("/metrics").text
         assert 'logitcache_shard_damaged{shard="0"} 1.0' in metrics
         assert 'logitcache_shard_damaged{shard="1"} 0.0' in metrics
+    verify = [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(data_dir), "--json"]
+    busy = subprocess.run(verify, capture_output=True, text=True, timeout=120, check=False)
+    assert busy.returncode == 2  # the files must rest: not beside a running server
+    assert "in use by another logitcache server" in busy.stderr
+    server.proc.terminate()
+    assert server.proc.wait(timeout=60) == 0
     done = subprocess.run(
         [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(data_dir), "--json"],
         capture_output=True,
@@ -363,3 +373,74 @@ def test_a_store_format_1_shard_is_upgraded_in_place(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # the random trials' child process
     _random_trials(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+
+
+def test_a_damaged_length_of_a_large_record_is_found_before_lmdb_reads_it(tmp_path: Path) -> None:
+    """Records of more than ~2 KB live on LMDB overflow pages; LMDB trusts the length in their leaf
+    node, so a flipped bit there sends a read past the file: a SIGBUS that would kill the server."""
+    gen = torch.Generator().manual_seed(3)
+    large = [
+        (seq, records.encode(torch.randint(0, VOCAB, (400,), generator=gen), sample_random(
+            lm_like_logits(400, VOCAB, generator=gen), 20, generator=gen)))
+        for seq in range(12)
+    ]  # fmt: skip
+    assert len(large[0][1]) > 4096
+    any_length = ShardManifest(vocab_size=VOCAB, method="sampled", rounds=20)
+    store = Store(tmp_path)
+    store.create_shard(0, any_length).write_batch(large)
+    store.close()
+    raw = _data_file(tmp_path).read_bytes()
+    node = struct.pack("<HH", 1, layout.KEY_BYTES) + layout.key_of(5)  # F_BIGDATA, the key's size, the key
+    hits = [at for at in range(len(raw)) if raw.startswith(node, at)]
+    assert hits
+    for at in hits:  # the node's size field, high half: the record now "ends" megabytes past the file
+        _flip(_data_file(tmp_path), at - 2, 0x40)
+    store = Store(tmp_path)  # the file is checked before LMDB maps it: found, and never handed to LMDB
+    try:
+        shard = store.get(0)
+        assert shard.damage is not None
+        assert "overflow extent" in shard.damage
+        with pytest.raises(ShardDamagedError, match="shard 0 is damaged: structure"):
+            shard.get(4)
+    finally:
+        store.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "shard 0: DAMAGED" in done.stdout
+    assert "overflow extent" in done.stdout
+    for at in hits:  # repaired: the same bytes open and serve again
+        _flip(_data_file(tmp_path), at - 2, 0x40)
+    store = Store(tmp_path)
+    try:
+        assert store.get(0).damage is None
+        assert store.get(0).get(5) == large[5][1]
+    finally:
+        store.close()
+
+
+def test_an_upgrade_that_cannot_finish_leaves_the_other_shards_serving(tmp_path: Path) -> None:
+    items = make_records(900, seed=2)  # about 700 KB of bare records: no room left to rewrite them in 1 MiB
+    _build(tmp_path)  # shards 0 and 1, format 2
+    path = layout.shard_dir(tmp_path, 7)
+    path.mkdir(parents=True)
+    env = lmdb.open(str(path), max_dbs=4, map_size=1 << 20)
+    meta, records_db = env.open_db(layout.META_DB), env.open_db(layout.RECORDS_DB)
+    with env.begin(write=True) as txn:
+        txn.put(layout.META_MANIFEST, MANIFEST.to_json().encode(), db=meta)
+        for seq, data in items:
+            txn.put(seq.to_bytes(8, "big"), data, db=records_db)
+    env.close()
+    store = Store(tmp_path, initial_map_size=1 << 20, max_map_size=1 << 20)
+    try:
+        assert "cannot be opened" in (store.get(7).damage or "")
+        assert "--max-shard-bytes" in (store.get(7).damage or "")
+        assert [s.shard_id for s in store.shards()] == [0, 1, 7]
+        assert store.get(1).get(3) == dict(make_records(N, seed=11))[3]  # the others serve on
+    finally:
+        store.close()

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from logitcache import records
+from logitcache import records, wire
 from logitcache.client import (
     AlreadyExistsError,
     CacheClient,
@@ -401,3 +401,39 @@ def test_codes_mean_one_thing(
         monkeypatch.undo()
         assert [seq for seq, _ in client.read(0, seqs=[0, 1])] == [0, 1]  # and the server serves on
         assert server.stats.errors["INTERNAL"] == 1
+
+
+def test_a_stream_across_shards_acks_what_came_before_a_failure(tmp_path: Path) -> None:
+    """Batch 0 (shard 0) commits and is acknowledged; batch 1 (shard 1, sealed) fails: the stream
+    ends with batch 1's error, whatever order the shards' commits ran in (batch 2, on a third
+    shard, is never acknowledged; it may have committed already, as any unacknowledged batch may)."""
+    with running_server(tmp_path) as (_, client):
+        for shard in (0, 1, 2):
+            client.create_shard(shard, MANIFEST)
+        client.seal_shard(1)
+        items = make_records(3)
+        requests = [
+            pb.WriteRequest(shard=shard, batch_id=i, records=[pb.Record(seq=seq, data=data)])
+            for i, (shard, (seq, data)) in enumerate(zip((0, 1, 2), items, strict=True))
+        ]
+        with grpc.insecure_channel(client.address) as channel:
+            call = pb_grpc.LogitCacheStub(channel).Write(iter(requests), timeout=30)
+            assert next(call).batch_id == 0
+            with pytest.raises(grpc.RpcError) as failed:
+                next(call)
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "shard 1 is sealed" in (failed.value.details() or "")
+        assert list(client.read(0, seqs=[0])) == [items[0]]
+        assert client.get_shard(1).sequences == 0
+
+
+def test_a_manifest_with_fields_this_server_does_not_know_is_refused(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (_, client), grpc.insecure_channel(client.address) as channel:
+        manifest = wire.manifest_to_proto(MANIFEST).SerializeToString() + b"\xa8\x06\x02"  # field 101 = 2
+        request = pb.CreateShardRequest(shard=3).SerializeToString() + b"\x12" + bytes([len(manifest)]) + manifest
+        create = channel.unary_unary(f"/{pb.DESCRIPTOR.services_by_name['LogitCache'].full_name}/CreateShard")
+        with pytest.raises(grpc.RpcError) as refused:
+            create(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown field(s) [101]" in (refused.value.details() or "")
+        assert client.list_shards() == []

@@ -336,3 +336,26 @@ def test_seq_runs_are_the_same_in_any_chunking(tmp_path: Path) -> None:
         assert all(1 <= len(c) <= chunk for c in chunks)
     assert shard.gaps(2) == (21, [(3, 5), (7, 9)])
     store.close()
+
+
+def test_concurrent_creations_of_one_shard_make_it_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    made: list[object] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            made.append(store.create_shard(5, MANIFEST, exist_ok=True))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(made) == 8
+    assert all(shard is made[0] for shard in made)
+    assert [s.shard_id for s in store.shards()] == [5]
+    store.close()

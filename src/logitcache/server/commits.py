@@ -4,8 +4,11 @@ A ``Write`` stream hands each validated batch to :meth:`Committer.submit` and aw
 Each shard has a queue; while one transaction of the shard is committing (in a thread of the
 commit pool, so the event loop never waits on a disk), the batches that arrive queue up, and the
 next transaction takes them all at once: one fsync for many streams. A transaction takes at
-most one batch per stream, so a stream's batches commit in the order it sent them, and once one
-of them fails, its later batches are dropped unstored (the stream ends with that error).
+most one batch per stream and shard, so a stream's batches to a shard commit in the order it
+sent them; once one of its batches fails (or is refused), the batches it sent after that one
+and not yet committed are dropped unstored, on every shard (the stream ends with that error,
+after the acks of the batches before it; a later batch that a transaction of another shard
+already took is never acknowledged, as any batch of a broken stream may or may not be stored).
 Every result is set after the transaction holding it committed, so an acknowledgement always
 follows its own data's commit.
 
@@ -34,13 +37,21 @@ _MAX_GROUP_BYTES = 256 << 20  # one transaction's data at most (a large group st
 class StreamState:
     """One ``Write`` stream, as the committer sees it."""
 
-    failed: bool = False  # a batch of this stream failed: drop the rest
+    submitted: int = 0  # batches handed to the committer so far
+    failed_at: int | None = None  # the first of its batches that failed: the ones after it are dropped
+
+    def fail(self, index: int) -> None:
+        self.failed_at = index if self.failed_at is None else min(self.failed_at, index)
+
+    def dropped(self, index: int) -> bool:
+        return self.failed_at is not None and index > self.failed_at
 
 
 @dataclass(eq=False)
 class _Pending:
     batch: Batch
     stream: StreamState
+    index: int  # the batch's place in its stream
     future: asyncio.Future[WriteResult]
 
 
@@ -63,7 +74,10 @@ class Committer:
     async def submit(self, shard: Shard, batch: Batch, stream: StreamState) -> WriteResult:
         """Commit ``batch`` (grouped with others); the result once it is durable, or its error."""
         nbytes = batch.nbytes
+        index = stream.submitted
+        stream.submitted += 1
         if self.pending_bytes and self.pending_bytes + nbytes > self.max_pending_bytes:
+            stream.fail(index)
             raise ServerBusyError(
                 f"the server has {human_bytes(self.pending_bytes)} waiting for commit, at its bound of "
                 f"{human_bytes(self.max_pending_bytes)} (--max-pending-commit-bytes); retry shortly"
@@ -72,7 +86,7 @@ class Committer:
         queue = self._queues.get(shard.shard_id)
         if queue is None or queue.shard is not shard:
             queue = self._queues[shard.shard_id] = _ShardQueue(shard)
-        queue.items.append(_Pending(batch, stream, future))
+        queue.items.append(_Pending(batch, stream, index, future))
         self.pending_bytes += nbytes
         if queue.task is None:
             queue.task = asyncio.create_task(self._drain(queue), name=f"commit-shard-{shard.shard_id}")
@@ -85,7 +99,7 @@ class Committer:
         streams: set[int] = set()
         size = 0
         for item in queue.items:
-            if item.future.done() or item.stream.failed:  # its stream ended: drop it unstored
+            if item.future.done() or item.stream.dropped(item.index):  # after a failure, or its stream ended
                 self.pending_bytes -= item.batch.nbytes
                 item.future.cancel()
             elif id(item.stream) in streams or (group and size + item.batch.nbytes > _MAX_GROUP_BYTES):
@@ -111,7 +125,7 @@ class Committer:
                 for item, outcome in zip(group, outcomes, strict=True):
                     self.pending_bytes -= item.batch.nbytes
                     if isinstance(outcome, BaseException):
-                        item.stream.failed = True
+                        item.stream.fail(item.index)
                         if not item.future.done():
                             item.future.set_exception(outcome)
                     elif not item.future.done():

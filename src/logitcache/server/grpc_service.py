@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
 
 from logitcache import records, wire
@@ -186,6 +187,9 @@ class LogitCacheService:
     async def CreateShard(self, request: pb.CreateShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:
         if not request.HasField("manifest"):
             raise InvalidRequestError("manifest: expected a manifest for the new shard")
+        unknown = sorted({field.field_number for field in unknown_fields.UnknownFieldSet(request.manifest)})
+        if unknown:  # a newer client's fields: storing the manifest without them would lose them silently
+            raise InvalidRequestError(f"manifest: unknown field(s) {unknown}: this server's manifest has no such field")
         try:
             manifest = wire.manifest_from_proto(request.manifest)
         except ValueError as exc:

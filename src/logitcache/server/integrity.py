@@ -2,11 +2,15 @@
 
 Three depths:
 
-* :func:`check_meta_pages` reads LMDB's two meta pages (the roots of the two latest snapshots)
-  straight from ``data.mdb``: flags, magic, version and page size, every page number inside the
-  file, and transaction ids that alternate between the pages (LMDB writes transaction ``t`` to
-  page ``t % 2``). A damaged newest meta page would otherwise make LMDB open the previous
-  snapshot silently, losing the last commit.
+* :func:`check_files`, before LMDB ever maps the file (verify, then trust): LMDB's two meta pages
+  (the roots of the two latest snapshots) read straight from ``data.mdb`` — flags, magic,
+  version and page size, every page number inside the file, and transaction ids that alternate
+  between the pages (LMDB writes transaction ``t`` to page ``t % 2``; a damaged newest meta
+  page would otherwise make LMDB open the previous snapshot silently, losing the last commit) —
+  then py-lmdb's offline structural verifier (:func:`lmdb.verify.verify`, a pure-Python walk of
+  every reachable page: page numbers, page types, overflow extents within the file, key order,
+  counters, free pages). LMDB trusts what it maps: a damaged overflow length or page number
+  would make it read past the file, a SIGBUS that no code can catch.
 * :func:`check_tree` walks every key of the records tree in order: each key must pass its CRC
   and ascend, each must be found again by a search from the root (a damaged branch page
   misroutes searches while the walk, which follows child pointers, still sees the key), and the
@@ -15,8 +19,9 @@ Three depths:
   cold page cache, and 2 s (cached) to 13 s (cold) for a million 1 KB records, whose values sit
   in the leaf pages.
 * :func:`verify_shard` adds every record: checksum, full decode, agreement with the manifest,
-  and the totals kept in ``meta``. ``logitcache verify`` runs it over a data directory; it opens
-  the environments read-only, so it can run beside a live server.
+  and the totals kept in ``meta``. ``logitcache verify`` runs it over a data directory, read-only,
+  holding the directory's lock (a server must not be writing the files it walks; a copy of a live
+  directory can be verified anywhere).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
+import lmdb.verify
 
 from logitcache import records
 from logitcache.manifest import ManifestMismatchError, ShardManifest
 from logitcache.server import layout
 
-__all__ = ["ShardReport", "check_meta_pages", "check_tree", "verify_data_dir", "verify_shard"]
+__all__ = ["ShardReport", "check_files", "check_meta_pages", "check_tree", "verify_data_dir", "verify_shard"]
 
 _P_META = 0x08
 _MDB_MAGIC = 0xBEEFC0DE
@@ -46,18 +52,21 @@ _DB = struct.Struct("<IHHQQQQQ")  # MDB_db: pad, flags, depth, branch, leaf, ove
 _FREE_DB, _MAIN_DB = 40, 88
 _LAST_TXN = struct.Struct("<QQ")  # at 136: last page, transaction id
 _MAX_LISTED = 100
+_MAX_PAGE = 1 << 16  # LMDB's page is the OS page: 4 KiB, up to 64 KiB (some ppc64le and aarch64 kernels)
 
 
 def check_meta_pages(data_file: Path) -> str | None:
     """Why LMDB's meta pages in ``data_file`` are damaged, or None."""
     with open(data_file, "rb") as f:
-        head = f.read(64 << 10)
+        head = f.read(2 * _MAX_PAGE)
         size = f.seek(0, 2)
-    if len(head) < 4096:
+    if len(head) < 1024:
         return f"meta pages: {data_file} is {len(head)} bytes, shorter than its meta pages"
     (psize,) = _PSIZE.unpack_from(head, 40)
-    if psize not in (1 << n for n in range(9, 17)) or len(head) < 2 * psize:
-        return f"meta page 0: page size {psize} is not a power of two from 512 to 65536 within the file"
+    if psize not in (1 << n for n in range(9, 17)):
+        return f"meta page 0: page size {psize} is not a power of two from 512 to {_MAX_PAGE}"
+    if len(head) < 2 * psize:
+        return f"meta pages: {data_file} is {len(head)} bytes, shorter than two pages of {psize}"
     pages = size // psize
     txnids = []
     for index in (0, 1):
@@ -84,6 +93,24 @@ def check_meta_pages(data_file: Path) -> str | None:
             f"meta pages: transactions {txnids[0]} and {txnids[1]} are not consecutive "
             "(a damaged meta page: LMDB would open an older snapshot)"
         )
+    return None
+
+
+def check_files(path: Path) -> str | None:
+    """Why a shard directory's ``data.mdb`` is damaged (meta pages, then structure), or None."""
+    data_file = path / "data.mdb"
+    if not data_file.is_file():
+        return f"{data_file} is missing"
+    reason = check_meta_pages(data_file)
+    if reason is not None:
+        return reason
+    try:
+        problems = lmdb.verify.verify(str(path))
+    except lmdb.verify.VerifyError as exc:
+        return f"structure: {exc}"
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return "structure: " + "; ".join(problems[:3]) + more
     return None
 
 
@@ -142,16 +169,12 @@ class ShardReport:
 def verify_shard(shard_id: int, path: Path) -> ShardReport:
     """Check one shard directory completely, read-only (a live server may hold it)."""
     report = ShardReport(shard_id, path)
-    data_file = path / "data.mdb"
-    if not data_file.is_file():
-        report.problems.append(f"{data_file} is missing")
-        return report
     try:
-        reason = check_meta_pages(data_file)
+        reason = check_files(path)
         if reason is not None:
             report.problems.append(reason)
             return report
-        env = layout.open_env(path, map_size=data_file.stat().st_size, readonly=True)
+        env = layout.open_env(path, map_size=(path / "data.mdb").stat().st_size, readonly=True)
     except (OSError, lmdb.Error) as exc:
         report.problems.append(f"cannot open: {exc}")
         return report
@@ -188,14 +211,19 @@ def _verify_env(env: lmdb.Environment, report: ShardReport) -> None:
             key = bytes(raw_key)
             seq = layout.seq_of(key) if len(key) >= layout.ENVELOPE_BYTES else -1
             report.records += 1
-            record = layout.unwrap(key, value) if layout.key_ok(key) else None
             try:
-                if record is None:
-                    raise records.RecordError("envelope", "the key is damaged, or the value is not bound to it")
+                if not layout.key_ok(key):
+                    raise records.RecordError("key", f"the key {key.hex()} is damaged")
+                record = layout.unwrap(key, value)
                 decoded = records.decode(record)
                 if manifest is not None:
                     manifest.check(decoded.header)
-            except (records.RecordError, ManifestMismatchError) as exc:
+            except (
+                layout.UnboundValueError,
+                layout.ValueLengthError,
+                records.RecordError,
+                ManifestMismatchError,
+            ) as exc:
                 report.damaged_records += 1
                 if len(report.damaged) < _MAX_LISTED:
                     report.damaged.append((seq, str(exc)))
@@ -214,10 +242,19 @@ def _verify_env(env: lmdb.Environment, report: ShardReport) -> None:
 
 
 def verify_data_dir(data_dir: Path) -> list[ShardReport]:
-    """:func:`verify_shard` for every shard directory under ``data_dir``, by shard number."""
+    """:func:`verify_shard` for every shard directory under ``data_dir``, by shard number.
+
+    Takes the directory's lock for the whole scan (a server in it is refused with ``StoreError``):
+    the page walk reads the files as they rest, and a server's commits would change them under it.
+    """
     shards_dir = data_dir / "shards"
     if not shards_dir.is_dir():
         raise FileNotFoundError(f"{data_dir} is not a logitcache data directory (it has no shards/)")
+    with layout.lock_data_dir(data_dir):
+        return _verify_shards(shards_dir)
+
+
+def _verify_shards(shards_dir: Path) -> list[ShardReport]:
     found = sorted(
         (shard_id, entry) for entry in shards_dir.iterdir() if (shard_id := layout.shard_id_of(entry)) is not None
     )

@@ -25,13 +25,18 @@ SIGBUS that no code can catch.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import struct
 import zlib
 from pathlib import Path
+from typing import IO
 
 import lmdb
+
+from logitcache import records
+from logitcache.server.errors import StoreError
 
 __all__ = [
     "ENVELOPE_BYTES",
@@ -48,9 +53,12 @@ __all__ = [
     "RECORDS_DB",
     "STORE_FORMAT",
     "U64",
+    "UnboundValueError",
+    "ValueLengthError",
     "fsync_dir",
     "key_of",
     "key_ok",
+    "lock_data_dir",
     "open_env",
     "seek_key",
     "seq_of",
@@ -121,12 +129,29 @@ def wrap(key: bytes, record: bytes) -> bytes:
     return key[:ENVELOPE_BYTES] + record
 
 
-def unwrap(key: bytes, value: bytes | memoryview) -> memoryview | None:
-    """The record inside ``value`` if its envelope names ``key``'s seq, else None (damage)."""
+class UnboundValueError(Exception):
+    """A stored value's envelope names another seq: the tree is damaged (a key, or a page pointer)."""
+
+
+class ValueLengthError(Exception):
+    """A stored value's length is not the one its record declares: that record is damaged."""
+
+
+def unwrap(key: bytes, value: bytes | memoryview) -> memoryview:
+    """The record inside the stored ``value`` of ``key``, checked without reading past its first bytes.
+
+    Raises :class:`UnboundValueError` or :class:`ValueLengthError`. The length is checked before
+    anything reads the record: a damaged length in LMDB's node would send a read past the data,
+    out of the file (SIGBUS), and LMDB does not check it.
+    """
     view = memoryview(value)
     if len(view) < ENVELOPE_BYTES or view[:ENVELOPE_BYTES] != key[:ENVELOPE_BYTES]:
-        return None
-    return view[ENVELOPE_BYTES:]
+        raise UnboundValueError(f"the value under seq {seq_of(key)} is bound to another seq")
+    record = view[ENVELOPE_BYTES:]
+    declared = records.declared_size(record)
+    if declared != len(record):
+        raise ValueLengthError(f"the record of seq {seq_of(key)} is {len(record)} bytes, its header says {declared}")
+    return record
 
 
 def open_env(path: Path, *, map_size: int, readonly: bool = False) -> lmdb.Environment:
@@ -157,3 +182,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take ``data_dir`` for this process (its ``.lock`` file, held until closed), or raise.
+
+    One server per data directory: LMDB map resizes and the sealed flag are per process; and
+    ``logitcache verify`` reads the files as they rest, which a running server would change.
+    """
+    lock = open(data_dir / ".lock", "a+")  # noqa: SIM115 - the caller holds it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock.close()
+        raise StoreError(f"{data_dir} is in use by another logitcache server (or verify)") from exc
+    return lock

@@ -13,14 +13,15 @@ forbids resizing while this process has transactions open, so reads and writes h
 gate that a resize takes exclusively. Reads run beside writes (LMDB MVCC) in short
 transactions, one per chunk, so a streaming reader never pins old pages for long.
 
-**Damage.** When it opens, a shard checks its meta pages and its tree
-(:mod:`.integrity`). A shard that cannot open, or whose tree is inconsistent, stays in the store
-with ``damage`` saying why: intact records are still served by seq (each value's envelope and
-checksum are verified on every read), a seq not found is ``DATA_LOSS`` rather than
-``NOT_FOUND`` (the damage may have hidden it), and range reads, seq listings and writes are
-refused. Damage met later (LMDB errors, a value bound to another key) marks the shard the same
-way. A record failing its checksum is damage of that record only: it is ``DATA_LOSS`` on read,
-counted in ``damaged_records``, and an overwrite repairs it.
+**Damage.** When it opens, a shard checks its files before LMDB maps them (meta pages, every
+page's structure) and then its tree (:mod:`.integrity`). A shard whose files fail is not opened
+at all; one whose tree is inconsistent stays open. Either stays in the store with ``damage``
+saying why. An open damaged shard still serves intact records by seq (each key's CRC, each
+value's envelope, length and checksum are verified on every read), answers a seq not found with
+``DATA_LOSS`` rather than ``NOT_FOUND`` (the damage may have hidden it), and refuses range reads,
+seq listings and writes. Damage met later (LMDB errors, a value bound to another key) marks the
+shard the same way. A record failing its checksum or its length is damage of that record only:
+it is ``DATA_LOSS`` on read, counted in ``damaged_records``, and an overwrite repairs it.
 """
 
 from __future__ import annotations
@@ -167,16 +168,13 @@ class Shard:
         self._gate = _Gate()
         try:
             self._open(initial_map_size)
-        except (_Damaged, ValueError, OSError, lmdb.Error) as exc:
+        except (_Damaged, StoreError, ValueError, OSError, lmdb.Error) as exc:  # this shard only: never the store
             self.damage = str(exc) if isinstance(exc, _Damaged) else f"cannot be opened: {exc}"
             log.error("shard %d (%s) is damaged: %s", shard_id, path, self.damage)
             self.close()
 
     def _open(self, initial_map_size: int) -> None:
-        data_file = self.path / "data.mdb"
-        if not data_file.is_file():
-            raise _Damaged(f"{data_file} is missing")
-        reason = integrity.check_meta_pages(data_file)
+        reason = integrity.check_files(self.path)
         if reason is not None:
             raise _Damaged(reason)
         self._env = env = layout.open_env(self.path, map_size=initial_map_size)
@@ -216,6 +214,7 @@ class Shard:
         """
         env = self._require_open()
         log.warning("shard %d: upgrading from store format 1 (binding each record to its seq)", self.shard_id)
+        self.disk.check(2 * _UPGRADE_CHUNK_BYTES, f"upgrading shard {self.shard_id} to store format 2")
         while True:
             try:
                 with env.begin(write=True) as txn:
@@ -375,6 +374,8 @@ class Shard:
                     break
                 except lmdb.MapFullError:
                     self._grow(reason="the batch did not fit")
+                except _DAMAGE_ERRORS as exc:
+                    raise self._damaged(f"LMDB: {exc}") from exc
                 except lmdb.Error as exc:
                     raise self.disk.explain(exc, what, needed) from exc
         for batch, outcome in zip(batches, outcomes, strict=True):
@@ -384,16 +385,18 @@ class Shard:
 
     def _commit_txn(self, env: lmdb.Environment, batches: Sequence[Batch]) -> list[WriteResult | StoreError]:
         outcomes: list[WriteResult | StoreError] = []
-        with env.begin(write=True) as txn:
+        with env.begin(write=True, buffers=True) as txn:  # buffers: a stored value is checked before it is read
             cursor = txn.cursor(db=self._records)
             totals = _Totals(
-                last=cursor.key() if cursor.last() else None,
+                last=bytes(cursor.key()) if cursor.last() else None,
                 positions=self._counter(txn, layout.META_POSITIONS),
                 nbytes=self._counter(txn, layout.META_BYTES),
             )
             for batch in batches:
                 try:
                     outcomes.append(self._put_batch(txn, batch, totals))
+                except ShardDamagedError:
+                    raise  # found damaged: the whole transaction is abandoned
                 except StoreError as exc:
                     outcomes.append(exc)
             txn.put(layout.META_POSITIONS, layout.U64.pack(max(0, totals.positions)), db=self._meta)
@@ -409,10 +412,12 @@ class Shard:
             for (seq, _), key in zip(batch.items, keys, strict=True):
                 value = txn.get(key, db=self._records)
                 if value is not None:
-                    record = layout.unwrap(key, value)
-                    if record is None:
-                        raise self._damaged(f"the value under seq {seq} is not bound to it (a damaged key or value)")
-                    stored[seq] = bytes(record)
+                    try:
+                        stored[seq] = bytes(layout.unwrap(key, value))
+                    except layout.ValueLengthError:  # a damaged record: only an overwrite can replace it
+                        stored[seq] = bytes(memoryview(value)[layout.ENVELOPE_BYTES :][: records.HEADER_SIZE])
+                    except layout.UnboundValueError as exc:
+                        raise self._damaged(f"records: {exc}") from exc
         changed = [
             (item, header, key)
             for item, header, key in zip(batch.items, batch.headers, keys, strict=True)
@@ -507,11 +512,14 @@ class Shard:
             raise self._damaged(f"LMDB: {exc}") from exc
 
     def _unwrap(self, seq: int, key: bytes, value: bytes | memoryview) -> bytes:
-        """The record inside a stored value (a copy), or damage if the value is bound to another key."""
-        record = layout.unwrap(key, value)
-        if record is None:
-            raise self._damaged(f"the value under seq {seq} is not bound to it (a damaged key or value)")
-        return bytes(record)
+        """The record inside a stored value (a copy); a value bound to another seq is damage of the shard."""
+        try:
+            return bytes(layout.unwrap(key, value))
+        except layout.UnboundValueError as exc:
+            raise self._damaged(f"records: {exc}") from exc
+        except layout.ValueLengthError as exc:
+            self._corrupt.add(seq)
+            raise CorruptRecordError(f"seq {seq} of shard {self.shard_id} is corrupted on disk: {exc}") from exc
 
     def _verified(self, seq: int, data: bytes) -> bytes:
         try:
@@ -602,11 +610,10 @@ class Shard:
             found = cursor.set_range(layout.seek_key(start))
             while found and len(out) < limit:
                 key = bytes(cursor.key())
-                record = layout.unwrap(key, cursor.value())
                 try:
-                    positions = -1 if record is None else records.read_header(record).num_positions
-                except records.RecordError:
-                    positions = -1
+                    positions = records.read_header(layout.unwrap(key, cursor.value())).num_positions
+                except (layout.UnboundValueError, layout.ValueLengthError, records.RecordError):
+                    positions = -1  # damaged: reading it says how
                 out.append((layout.seq_of(key), positions))
                 found = cursor.next()
         return out

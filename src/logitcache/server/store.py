@@ -10,7 +10,6 @@ errors are :mod:`logitcache.server.errors` (this module imports no gRPC).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
 import tempfile
@@ -21,13 +20,7 @@ from pathlib import Path
 from logitcache.manifest import ShardManifest
 from logitcache.server import layout
 from logitcache.server.disk import DiskSpace
-from logitcache.server.errors import (
-    InvalidRequestError,
-    ManifestError,
-    ShardExistsError,
-    ShardNotFoundError,
-    StoreError,
-)
+from logitcache.server.errors import InvalidRequestError, ManifestError, ShardExistsError, ShardNotFoundError
 from logitcache.server.shard import Shard
 
 __all__ = ["Store"]
@@ -56,15 +49,10 @@ class Store:
         self._shards_dir.mkdir(parents=True, exist_ok=True)
         layout.fsync_dir(self.data_dir)
         self.disk = DiskSpace(self.data_dir, min_free_bytes)
-        # one server per data directory: LMDB map resizes and the sealed flag are per process
-        self._lock_file = open(self.data_dir / ".lock", "a+")  # noqa: SIM115 - held for the store's life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lock_file.close()
-            raise StoreError(f"{self.data_dir} is in use by another logitcache server") from exc
+        self._lock_file = layout.lock_data_dir(self.data_dir)
         self._lock = threading.Lock()
         self._shards: dict[int, Shard] = {}
+        self._creating: dict[int, threading.Event] = {}  # shards whose files are being made
         started = time.monotonic()
         for entry in sorted(self._shards_dir.iterdir()):
             if entry.name.endswith(".creating"):
@@ -95,25 +83,30 @@ class Store:
         return layout.shard_dir(self.data_dir, shard_id)
 
     def create_shard(self, shard_id: int, manifest: ShardManifest, *, exist_ok: bool = False) -> Shard:
+        """A new shard (or, with ``exist_ok``, the existing one with an equal manifest).
+
+        The store's lock is not held while the shard's files are made (fsyncs): lookups, which the
+        server makes on its event loop, never wait for a creation. A second creation of the same
+        shard waits for the first one to finish, then looks again.
+        """
         path = self._path(shard_id)
-        with self._lock:
-            existing = self._shards.get(shard_id)
+        while True:
+            with self._lock:
+                existing = self._shards.get(shard_id)
+                underway = self._creating.get(shard_id)
+                if existing is None and underway is None:
+                    if path.exists():
+                        raise ShardExistsError(
+                            f"shard {shard_id}: {path} exists but is not open on this server "
+                            "(restart it to load a copied shard)"
+                        )
+                    done = self._creating[shard_id] = threading.Event()
+                    break
             if existing is not None:
-                if not exist_ok:
-                    damaged = "" if existing.damage is None else f" (damaged: {existing.damage})"
-                    raise ShardExistsError(f"shard {shard_id} already exists{damaged}")
-                existing.require_intact()
-                assert existing.manifest is not None  # an intact shard has one
-                if existing.manifest != manifest:
-                    raise ManifestError(
-                        f"shard {shard_id} exists with a different manifest: {existing.manifest.to_json()}"
-                    )
-                return existing
-            if path.exists():
-                raise ShardExistsError(
-                    f"shard {shard_id}: {path} exists but is not open on this server "
-                    "(restart it to load a copied shard)"
-                )
+                return self._existing(existing, manifest, exist_ok)
+            assert underway is not None
+            underway.wait()
+        try:
             shard = Shard.create(
                 shard_id,
                 path,
@@ -122,8 +115,24 @@ class Store:
                 max_map_size=self.max_map_size,
                 disk=self.disk,
             )
-            self._shards[shard_id] = shard
+            with self._lock:
+                self._shards[shard_id] = shard
+        finally:
+            with self._lock:
+                del self._creating[shard_id]
+            done.set()
         log.info("shard %d created: %s", shard_id, manifest.to_json())
+        return shard
+
+    @staticmethod
+    def _existing(shard: Shard, manifest: ShardManifest, exist_ok: bool) -> Shard:
+        if not exist_ok:
+            damaged = "" if shard.damage is None else f" (damaged: {shard.damage})"
+            raise ShardExistsError(f"shard {shard.shard_id} already exists{damaged}")
+        shard.require_intact()
+        assert shard.manifest is not None  # an intact shard has one
+        if shard.manifest != manifest:
+            raise ManifestError(f"shard {shard.shard_id} exists with a different manifest: {shard.manifest.to_json()}")
         return shard
 
     def get(self, shard_id: int) -> Shard:

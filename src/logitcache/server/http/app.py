@@ -94,7 +94,8 @@ def create_app(
         stats.error(exc.code)
         status = HTTP_STATUS.get(exc.code, 500)
         detail = f"{exc.code}: {exc}" if status >= 500 else str(exc)
-        return JSONResponse({"detail": detail}, status_code=status)
+        headers = {} if exc.retry_after is None else {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -120,6 +120,7 @@ def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) ->
         **NOT_FOUND,
         **DATA_LOSS,
         400: {"model": schemas.ErrorBody, "description": "the body does not parse as JSON"},
+        503: {"model": schemas.ErrorBody, "description": "RESOURCE_EXHAUSTED: the disk is full (Retry-After)"},
         415: {"model": schemas.ErrorBody, "description": "the body is not application/json"},
     },
     dependencies=[Depends(require_json)],

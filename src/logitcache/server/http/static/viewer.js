@@ -48,7 +48,8 @@ async function loadShards() {
   const shards = await api("/v1/shards");
   const select = $("shard");
   select.replaceChildren(...shards.map((s) => {
-    const option = text("option", `${s.shard} (${s.manifest.method}, ${s.sequences} seqs)`);
+    const what = s.damage ? "DAMAGED" : `${s.manifest.method}, ${s.sequences} seqs`;
+    const option = text("option", `${s.shard} (${what})`);
     option.value = s.shard;
     return option;
   }));
@@ -60,6 +61,10 @@ async function selectShard(shard) {
   state.starts = [0];
   clearSequence();
   const info = await api(`/v1/shards/${shard}`);
+  if (info.damage) {
+    $("shard-info").textContent = `damaged: ${info.damage}`;
+    return;
+  }
   const m = info.manifest;
   const method = m.method === "sampled" ? `sampled, N = ${m.rounds}` : `top-${m.k}`;
   $("shard-info").textContent =
