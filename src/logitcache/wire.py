@@ -13,6 +13,8 @@ from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.sampling import TargetKind
 
 __all__ = [
+    "MAX_READ_RANGES",
+    "MAX_READ_SEQS",
     "manifest_from_proto",
     "manifest_to_proto",
     "read_response_bytes",
@@ -21,6 +23,9 @@ __all__ = [
 ]
 
 _METHODS = {"sampled": pb.METHOD_SAMPLED, "topk": pb.METHOD_TOPK}
+# what one ReadRequest may ask for (the server refuses more; the client splits longer lists)
+MAX_READ_SEQS = 1 << 16
+MAX_READ_RANGES = 1 << 12
 
 
 def manifest_to_proto(manifest: ShardManifest) -> pb.Manifest:

@@ -94,6 +94,12 @@ def _branch_keys(path: Path) -> list[int]:
     return [page + node + 8 for node in nodes]  # node 0 has an empty key
 
 
+def _verify(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``logitcache verify`` over ``data_dir``, as a user runs it."""
+    command = [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(data_dir), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
 def _reads(store: Store, shard: int, items: dict[int, bytes]) -> dict[str, int]:
     """Read every seq and a few never written: exact, or a clear error, never another seq's record."""
     outcomes = {"exact": 0, "error": 0}
@@ -278,19 +284,12 @@ def test_a_damaged_shard_is_reported_on_every_surface(damaged_server: tuple[Serv
         metrics = http.get("/metrics").text
         assert 'logitcache_shard_damaged{shard="0"} 1.0' in metrics
         assert 'logitcache_shard_damaged{shard="1"} 0.0' in metrics
-    verify = [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(data_dir), "--json"]
-    busy = subprocess.run(verify, capture_output=True, text=True, timeout=120, check=False)
+    busy = _verify(data_dir, "--json")
     assert busy.returncode == 2  # the files must rest: not beside a running server
     assert "in use by another logitcache server" in busy.stderr
     server.proc.terminate()
     assert server.proc.wait(timeout=60) == 0
-    done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(data_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _verify(data_dir, "--json")
     assert done.returncode == 1, done.stderr
     reports = {r["shard"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert not reports[0]["ok"]
@@ -303,13 +302,7 @@ def test_verify_names_each_damaged_record(tmp_path: Path) -> None:
     items = _build(tmp_path)
     for seq in (3, 150):
         _flip(_data_file(tmp_path), _node_of(_data_file(tmp_path), seq) + 20 + 100, 0x01)
-    done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _verify(tmp_path)
     assert done.returncode == 1
     assert "shard 0: DAMAGED" in done.stdout
     assert "shard 1: ok, 211 records read" in done.stdout
@@ -361,13 +354,7 @@ def test_a_store_format_1_shard_is_upgraded_in_place(tmp_path: Path) -> None:
         assert [pair for chunk in shard.read_range(0, 100) for pair in chunk] == items
     finally:
         store.close()
-    done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _verify(tmp_path)
     assert done.returncode == 0, done.stdout
 
 
@@ -404,13 +391,7 @@ def test_a_damaged_length_of_a_large_record_is_found_before_lmdb_reads_it(tmp_pa
             shard.get(4)
     finally:
         store.close()
-    done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "verify", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _verify(tmp_path)
     assert done.returncode == 1, done.stderr
     assert "shard 0: DAMAGED" in done.stdout
     assert "overflow extent" in done.stdout

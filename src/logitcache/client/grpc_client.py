@@ -63,8 +63,6 @@ __all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
 
 log = logging.getLogger(__name__)
 
-MAX_READ_SEQS = 1 << 16  # the server's limits per Read request: longer lists are split
-MAX_READ_RANGES = 1 << 12
 T = TypeVar("T")
 
 
@@ -382,12 +380,13 @@ class CacheClient:
             raise InvalidArgumentError(
                 grpc.StatusCode.INVALID_ARGUMENT, "read: expected either seqs or ranges, got both"
             )
-        if len(all_seqs) > MAX_READ_SEQS or len(all_ranges) > MAX_READ_RANGES:  # server-sized requests, in order
-            for at in range(0, max(len(all_seqs), len(all_ranges)), MAX_READ_RANGES if all_ranges else MAX_READ_SEQS):
+        if len(all_seqs) > wire.MAX_READ_SEQS or len(all_ranges) > wire.MAX_READ_RANGES:  # split, in order
+            step = wire.MAX_READ_RANGES if all_ranges else wire.MAX_READ_SEQS
+            for at in range(0, max(len(all_seqs), len(all_ranges)), step):
                 yield from self.read(
                     shard,
-                    seqs=all_seqs[at : at + MAX_READ_SEQS] if all_seqs else None,
-                    ranges=all_ranges[at : at + MAX_READ_RANGES] if all_ranges else None,
+                    seqs=all_seqs[at : at + wire.MAX_READ_SEQS] if all_seqs else None,
+                    ranges=all_ranges[at : at + wire.MAX_READ_RANGES] if all_ranges else None,
                     window=window,
                     max_message_bytes=max_message_bytes,
                 )

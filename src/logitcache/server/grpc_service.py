@@ -59,8 +59,6 @@ _SERVICE = pb.DESCRIPTOR.services_by_name["LogitCache"]
 SERVICE_NAME = _SERVICE.full_name
 MUTATING_METHODS = frozenset({"CreateShard", "SealShard", "Write"})
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
-MAX_READ_SEQS = 1 << 16  # per Read request (a hostile list cannot pin a worker for long)
-MAX_READ_RANGES = 1 << 12
 LIST_SEQS_RUNS = 1 << 15  # runs per ListSeqs message (16 bytes each at most: well under 1 MiB)
 _MESSAGE_OVERHEAD = 1024  # framing of one record inside a ReadResponse, generously
 _CLIENT_ERRORS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION"})
@@ -298,9 +296,9 @@ class LogitCacheService:
             raise InvalidRequestError("read: expected either seqs or ranges, got both")
         if not request.seqs and not request.ranges:
             raise InvalidRequestError("read: expected seqs or ranges, got neither")
-        if len(request.seqs) > MAX_READ_SEQS or len(request.ranges) > MAX_READ_RANGES:
+        if len(request.seqs) > wire.MAX_READ_SEQS or len(request.ranges) > wire.MAX_READ_RANGES:
             raise InvalidRequestError(
-                f"read: expected at most {MAX_READ_SEQS} seqs or {MAX_READ_RANGES} ranges per request, "
+                f"read: expected at most {wire.MAX_READ_SEQS} seqs or {wire.MAX_READ_RANGES} ranges per request, "
                 f"got {len(request.seqs)} seqs and {len(request.ranges)} ranges"
             )
         target = min(request.max_message_bytes or DEFAULT_READ_MESSAGE_BYTES, self.limits.max_message_bytes // 2)
