@@ -112,17 +112,18 @@ class CacheServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
+        credentials = None
         if s.tls_cert is not None or s.tls_key is not None:
             if s.tls_cert is None or s.tls_key is None:
                 raise ValueError("tls: expected both tls_cert and tls_key")
             credentials = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
-            bind = self.server.add_secure_port
-            self.port = bind(s.grpc, credentials)
-        else:
-            try:
+        try:
+            if credentials is None:
                 self.port = self.server.add_insecure_port(s.grpc)
-            except RuntimeError:
-                self.port = 0
+            else:
+                self.port = self.server.add_secure_port(s.grpc, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {s.grpc}: the address is in use or not local")
         for name in ("", SERVICE_NAME):
