@@ -1,7 +1,7 @@
 """Benchmark: the training loader and the teacher writer against their baselines, over loopback.
 
 1. Realistic records: T = 2048, V = 128256, N = 50 multinomial rounds on LM-like logits
-   (``logitcache.synthetic``, ~13 unique tokens per position); a few distinct target sets, each
+   (``logitcache.targets.synthetic``, ~13 unique tokens per position); a few distinct target sets, each
    record with its own random input ids. They are written to a real server process
    (``logitcache serve``) on this machine.
 2. Loader: ``SparseKDLoader`` (shuffled order, batch 8, prefetch thread, CPU tensors) delivers one
@@ -29,12 +29,15 @@ from pathlib import Path
 
 import torch
 
-from logitcache import records
-from logitcache.client import CacheClient, SparseKDLoader
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import SamplerConfig, SparseTargets, sample, sample_random
-from logitcache.server.process import ServerProcess
-from logitcache.synthetic import lm_like_logits
+from logitcache.client import CacheClient
+from logitcache.core import records
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ShardManifest
+from logitcache.targets.sampling import sample, sample_random
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess
+from logitcache.training import SparseKDLoader
 from logitcache.writer import CacheWriter
 
 

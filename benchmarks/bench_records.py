@@ -1,6 +1,6 @@
 """Benchmark: sample LM-like teacher distributions and pack them into records.
 
-What it measures, on synthetic LM-like logits (``logitcache.synthetic``: V = 128256, the mass at
+What it measures, on synthetic LM-like logits (``logitcache.targets.synthetic``: V = 128256, the mass at
 each position on ~64 tokens drawn from a global Zipf unigram, sharp enough that N = 50 rounds
 give about 12 unique tokens per position):
 
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import zstandard
 
-from logitcache import records
-from logitcache.sampling import SparseTargets, sample_random, sample_topk
-from logitcache.synthetic import lm_like_logits, zipf_unigram
+from logitcache.core import records
+from logitcache.targets.sampling import sample_random, sample_topk
+from logitcache.targets.sparse import SparseTargets, decode_torch
+from logitcache.targets.synthetic import lm_like_logits, zipf_unigram
 
 
 def _best_of(repeats: int, fn: Callable[[], object]) -> float:
@@ -105,7 +106,7 @@ def main() -> None:
 
     decode_s = _best_of(5, lambda: decode_all(fixed))
     dense_decode_s = _best_of(3, lambda: decode_all(dense))
-    torch_decode_s = _best_of(3, lambda: [records.decode_torch(b) for b in fixed])
+    torch_decode_s = _best_of(3, lambda: [decode_torch(b) for b in fixed])
 
     # dense targets only: subtract what the input ids alone compress to with the same codec
     compressor = zstandard.ZstdCompressor(level=3)
@@ -120,7 +121,7 @@ def main() -> None:
         for ids, t in zip(inputs, topk_targets, strict=True):
             blob = records.encode(ids, t, topk_value_bits=bits)
             width = records.read_header(blob).entry_bytes
-            decoded = records.decode(blob).to_targets()
+            decoded = SparseTargets.from_record(records.decode(blob))
             errors.append((decoded.values - t.values).abs().max().item())
             residual_errors.append((decoded.residual_mass() - t.residual_mass()).abs().mean().item())
         topk_errors[label] = (max(errors), float(np.mean(residual_errors)), width)

@@ -1,13 +1,13 @@
 """Benchmark: the cache server's write and read paths, under many streams, against baselines in the same run.
 
 1. Realistic records: T = 2048 positions, V = 128256, N = 50 multinomial rounds on LM-like logits
-   (``logitcache.synthetic``, ~12 unique tokens per position). A few distinct target sets are
+   (``logitcache.targets.synthetic``, ~12 unique tokens per position). A few distinct target sets are
    sampled; every record gets its own random input ids, so all record bytes differ.
 2. A real server process (``logitcache serve`` with its defaults: durable acks, LMDB fsyncs every
    commit; commits of concurrent streams are grouped per shard).
 3. Writes through ``Write``, batches of ``--batch`` records, timed until the last acknowledgement:
    one writer (the baseline), four threads of ``CacheClient``, and 16 and 64 concurrent writers
-   (streams of one asyncio client, :class:`~logitcache.server.process.StreamLoad`), one shard
+   (streams of one asyncio client, :class:`~logitcache.testing.StreamLoad`), one shard
    each (a teacher job's layout), and 64 writers into 4 shards (16 streams per shard: group
    commit). The 1 / 16 / 64 runs are interleaved ``--repeats`` times; medians are reported.
 4. ``GetShard`` latency: 200 calls with no other stream open (the baseline), then with 256 idle
@@ -32,14 +32,15 @@ from pathlib import Path
 import lmdb
 import torch
 
-from logitcache import records
 from logitcache.client import CacheClient
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
-from logitcache.sampling import SparseTargets, sample_random
 from logitcache.server import layout
-from logitcache.server.process import ServerProcess, StreamLoad
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess, StreamLoad
 
 MANY = (16, 64)
 

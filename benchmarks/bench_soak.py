@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from logitcache import records
 from logitcache.client import CacheClient
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import SparseTargets, sample_random
-from logitcache.server.process import ServerProcess
-from logitcache.synthetic import lm_like_logits
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess
 
 WRITERS = 4
 READERS = 8

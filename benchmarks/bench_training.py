@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitcache.client import CacheClient, SparseKDLoader
+from logitcache.client import CacheClient
+from logitcache.core.config import SamplerConfig
 from logitcache.kd import sparse_kd_loss
-from logitcache.sampling import SamplerConfig
-from logitcache.server.process import ServerProcess
+from logitcache.testing import ServerProcess
+from logitcache.training import SparseKDLoader
 from logitcache.writer import CacheWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))

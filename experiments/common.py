@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 from logitcache.client import CacheClient
-from logitcache.server.process import ServerProcess
+from logitcache.testing import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

@@ -11,7 +11,7 @@ with each kind of teacher target:
 * random sampling (RS) with about 12 unique tokens per position: ``N`` draws from the teacher,
   ``N`` chosen so that the mean number of unique tokens is ≈ 12, multinomial and systematic.
 
-The sparse losses go through ``logitcache.sampling`` and ``logitcache.kd.sparse_kd_loss``
+The sparse losses go through ``logitcache.targets.sampling`` and ``logitcache.kd.sparse_kd_loss``
 (``reduction="sum"`` then divided by the number of positions), exactly as training would use them.
 Reported: the angle between each sparse gradient and the full-KD one, and the norm ratio
 ``‖g_sparse‖ / ‖g_full‖``, as a function of how many positions the gradient averages over.
@@ -49,7 +49,7 @@ from lm_corpus import Corpus, build_corpus, make_llama, random_windows
 from torch import Tensor
 
 from logitcache.kd import sparse_kd_loss
-from logitcache.sampling import sample_random, sample_topk
+from logitcache.targets.sampling import sample_random, sample_topk
 
 NAME = "gradient_similarity"
 RSMethod = Literal["multinomial", "systematic"]

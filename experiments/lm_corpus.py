@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from logitcache.demo import EOS, train_tokenizer  # the same byte-level BPE the demo trains
+from logitcache.apps.demo import EOS, train_tokenizer  # the same byte-level BPE the demo trains
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from common import cache_server, parser, save_figure, save_json
 from torch import Tensor, nn
 
-from logitcache.client import SparseKDBatch, SparseKDLoader
+from logitcache.core.config import SamplerConfig
 from logitcache.kd import sparse_kd_loss
 from logitcache.kd.metrics import CalibrationAccumulator, expected_calibration_error
-from logitcache.sampling import SamplerConfig
+from logitcache.training import SparseKDBatch, SparseKDLoader
 from logitcache.writer import CacheWriter
 
 NAME = "synthetic_calibration"

@@ -34,11 +34,12 @@ from lm_corpus import build_corpus, make_llama, random_windows
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from logitcache import records
-from logitcache.client import CacheClient, SparseKDBatch, SparseKDLoader
+from logitcache.client import CacheClient
+from logitcache.core import records
 from logitcache.kd import sparse_kd_loss
 from logitcache.kd.loss import Mode
 from logitcache.kd.metrics import CalibrationAccumulator
+from logitcache.training import SparseKDBatch, SparseKDLoader
 
 METHODS = ("ce", "topk12", "topk12_ghost", "naive_fix", "rs_multinomial", "rs_systematic", "full_kd_online")
 SHARDS = {"rs_multinomial": 0, "rs_systematic": 1, "topk12": 2}  # the ghost / naive-fix students read shard 2 too

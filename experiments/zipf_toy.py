@@ -7,7 +7,7 @@ paper's pseudo-code: ``data_dist = 1 / idx``). Each method gives an estimate of 
 * ``naive_fix``: the 20 top ids at their true probabilities plus the residual mass on a "label"
   drawn from ``p``, averaged over ``rounds`` label draws (``naive_fix_expected`` is the exact
   expectation ``top-k + residual · p``, which is what the paper's pseudo-code plots);
-* ``rs_multinomial`` / ``rs_systematic``: ``logitcache.sampling.sample_random`` with 22 draws per
+* ``rs_multinomial`` / ``rs_systematic``: ``logitcache.targets.sampling.sample_random`` with 22 draws per
   round on the log-probabilities as logits, 1000 rounds; the estimate is the mean of the rounds'
   normalised targets (``count / 22``).
 
@@ -35,8 +35,9 @@ import torch
 from common import parser, save_figure, save_json
 from torch import Tensor
 
-from logitcache import records
-from logitcache.sampling import SparseTargets, sample_random, sample_topk
+from logitcache.core import records
+from logitcache.targets.sampling import sample_random, sample_topk
+from logitcache.targets.sparse import SparseTargets
 
 NAME = "zipf_toy"
 EPS = 1e-12  # KL(p ‖ q) clamps the estimate here where it is zero
@@ -53,7 +54,7 @@ def round_trip(targets: SparseTargets, input_ids: Tensor) -> tuple[SparseTargets
     blob = records.encode(input_ids, targets)
     record = records.decode(blob)
     assert np.array_equal(record.input_ids, input_ids.numpy()), "input ids changed in the record round trip"
-    decoded = record.to_targets()
+    decoded = SparseTargets.from_record(record)
     assert torch.equal(decoded.token_ids, targets.token_ids), "token ids changed in the record round trip"
     assert torch.equal(decoded.offsets, targets.offsets), "offsets changed in the record round trip"
     error = float((decoded.target_probs() - targets.target_probs()).abs().max())

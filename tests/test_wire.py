@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitcache import wire
-from logitcache.manifest import ShardInfo
+from logitcache.core.manifest import ShardInfo
 from logitcache.proto.v1 import cache_pb2 as pb
 from tests.server.helpers import MANIFEST
 

@@ -1,5 +1,5 @@
 """``python -m logitcache`` is the ``logitcache`` command."""
 
-from logitcache.cli import main
+from logitcache.apps.cli import main
 
 raise SystemExit(main())

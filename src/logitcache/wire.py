@@ -8,9 +8,9 @@ message and another when gRPC serializes it on the event loop. It is pinned byte
 
 from __future__ import annotations
 
-from logitcache.manifest import ShardInfo, ShardManifest
+from logitcache.core.config import TargetKind
+from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
-from logitcache.sampling import TargetKind
 
 __all__ = [
     "MAX_READ_RANGES",

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from logitcache.client import CacheClient, NotFoundError, SparseKDLoader, UnavailableError
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import SamplerConfig
-from logitcache.server.process import ServerProcess
+from logitcache.client import CacheClient, NotFoundError, UnavailableError
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ShardManifest
+from logitcache.testing import ServerProcess
+from logitcache.training import SparseKDLoader
 from logitcache.writer import CacheWriter
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
 

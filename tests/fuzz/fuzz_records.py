@@ -16,7 +16,7 @@ import xxhash  # noqa: F401
 import zstandard  # noqa: F401
 
 with atheris.instrument_imports(include=["logitcache"]):
-    from logitcache import records
+    from logitcache.core import records
 
 
 def one_input(data: bytes) -> None:

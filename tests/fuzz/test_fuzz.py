@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from logitcache import records
-from logitcache.sampling import sample_random, sample_topk
-from logitcache.synthetic import lm_like_logits
+from logitcache.core import records
+from logitcache.targets.sampling import sample_random, sample_topk
+from logitcache.targets.synthetic import lm_like_logits
 
 pytest.importorskip("atheris")
 

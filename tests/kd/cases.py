@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from logitcache.sampling import sample_random, sample_topk
+from logitcache.targets.sampling import sample_random, sample_topk
 
 
 @dataclass

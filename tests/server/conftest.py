@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from logitcache.server.process import ServerProcess
+from logitcache.testing import ServerProcess
 
 
 @pytest.fixture

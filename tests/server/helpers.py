@@ -10,14 +10,14 @@ from typing import Any
 import lmdb
 import torch
 
-from logitcache import records
 from logitcache.client import CacheClient
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import sample_random, sample_topk
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.server import layout
 from logitcache.server.runner import ServerThread
 from logitcache.server.settings import ServerSettings
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random, sample_topk
+from logitcache.targets.synthetic import lm_like_logits
 
 VOCAB = 3000
 SEQ_LEN = 32

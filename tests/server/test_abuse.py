@@ -14,7 +14,6 @@ import pytest
 import torch
 import xxhash
 
-from logitcache import records
 from logitcache.client import (
     CacheError,
     FailedPreconditionError,
@@ -22,12 +21,13 @@ from logitcache.client import (
     ResourceExhaustedError,
     UnauthenticatedError,
 )
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
-from logitcache.sampling import sample_random
-from logitcache.server.process import ServerProcess
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records
 
 TOKEN = "s3cret-token"

@@ -19,15 +19,15 @@ import lmdb
 import pytest
 import torch
 
-from logitcache import records
 from logitcache.client import CacheError, DataLossError, NotFoundError
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import sample_random
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.server import layout
 from logitcache.server.errors import CorruptRecordError, SeqNotFoundError, ShardDamagedError, StoreError
-from logitcache.server.process import ServerProcess
 from logitcache.server.store import Store
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, VOCAB, make_records
 
 N = 211  # seqs 0..210 are written, 211 never is (the case)

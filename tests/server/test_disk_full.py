@@ -24,7 +24,7 @@ from logitcache.client import ResourceExhaustedError
 from logitcache.server import layout
 from logitcache.server.disk import DiskSpace
 from logitcache.server.errors import DiskFullError
-from logitcache.server.process import ServerProcess
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records
 
 pytestmark = pytest.mark.skipif(

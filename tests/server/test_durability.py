@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from logitcache import records
 from logitcache.client import CacheError
-from logitcache.server.process import ServerProcess
+from logitcache.core import records
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, make_records
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from logitcache import records
 from logitcache.client import CacheClient, CacheError, ResourceExhaustedError
-from logitcache.server.process import ServerProcess
+from logitcache.core import records
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, make_records
 
 STREAMS = 4

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from logitcache import records, wire
+from logitcache import wire
 from logitcache.client import (
     AlreadyExistsError,
     CacheClient,
@@ -27,7 +27,8 @@ from logitcache.client import (
     ResourceExhaustedError,
     UnauthenticatedError,
 )
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, corrupt_stored, make_records, running_server
@@ -294,8 +295,8 @@ def test_tls(tmp_path: Path) -> None:
 def _long_records(lengths: list[int]) -> list[tuple[int, bytes]]:
     import torch
 
-    from logitcache.sampling import sample_random
-    from logitcache.synthetic import lm_like_logits
+    from logitcache.targets.sampling import sample_random
+    from logitcache.targets.synthetic import lm_like_logits
 
     gen = torch.Generator().manual_seed(0)
     out = []
@@ -387,7 +388,7 @@ def test_codes_mean_one_thing(
             assert in_a_stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # a bug deep inside (here a ValueError injected into the record codec the Read path uses) is INTERNAL,
         # logged with its traceback, never a permanent INVALID_ARGUMENT blamed on the request
-        from logitcache import records as codec
+        from logitcache.core import records as codec
 
         def broken(data: bytes) -> int:
             raise ValueError("a bug in the codec")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from logitcache import records
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.server.errors import (
     CorruptRecordError,
     InvalidRequestError,

@@ -1,7 +1,7 @@
 """Many concurrent streams against one real server process: idle streams cost the server nothing,
 and past its bound a call is refused at once, never queued.
 
-The idle streams are held by :class:`~logitcache.server.process.StreamLoad`, an asyncio client
+The idle streams are held by :class:`~logitcache.testing.StreamLoad`, an asyncio client
 on its own event loop in a thread of the test process."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from logitcache import records
 from logitcache.client import CacheClient, ResourceExhaustedError
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
-from logitcache.sampling import sample_random
-from logitcache.server.process import ServerProcess, StreamLoad
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess, StreamLoad
 from logitcache.writer import CacheWriter
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records
 

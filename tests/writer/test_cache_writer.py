@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from logitcache import records
 from logitcache.client import (
     AlreadyExistsError,
     CacheClient,
@@ -20,10 +19,13 @@ from logitcache.client import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import SamplerConfig, sample
-from logitcache.server.process import ServerProcess, StreamLoad
-from logitcache.synthetic import lm_like_logits
+from logitcache.core import records
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ShardManifest
+from logitcache.targets.sampling import sample
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.testing import ServerProcess, StreamLoad
 from logitcache.writer import CacheWriter, WriterClosedError
 from tests.server.helpers import running_server
 
@@ -59,7 +61,7 @@ def test_records_hold_exactly_what_the_sampler_drew(tmp_path: Path) -> None:
         with CacheWriter(client, 0, SAMPLER, generator=torch.Generator().manual_seed(7), seq_len=T) as writer:
             writer.write([10, 11, 12], ids, logits)
         expected = sample(logits.reshape(3 * T, V), SAMPLER, torch.Generator().manual_seed(7))
-        stored = [records.decode(d).to_targets() for _, d in client.read(0, seqs=[10, 11, 12])]
+        stored = [SparseTargets.from_record(records.decode(d)) for _, d in client.read(0, seqs=[10, 11, 12])]
         assert torch.equal(torch.cat([t.token_ids for t in stored]), expected.token_ids)
         assert torch.equal(torch.cat([t.values for t in stored]), expected.values)
         stats = writer.stats()

@@ -1,4 +1,7 @@
-"""Talking to cache servers from Python: :class:`CacheClient`, its typed errors, and the training loader."""
+"""Talking to cache servers from Python: :class:`CacheClient` and its typed errors. Imports no torch.
+
+The training loader built on it is :mod:`logitcache.training`.
+"""
 
 from logitcache.client.errors import (
     AlreadyExistsError,
@@ -14,17 +17,8 @@ from logitcache.client.errors import (
     UnavailableError,
 )
 from logitcache.client.grpc_client import CacheClient, ShardInfo, WriteSummary
-from logitcache.client.loader import (
-    AlignmentError,
-    LoaderStateError,
-    SparseKDBatch,
-    SparseKDLoader,
-    plan_batches,
-    verify_alignment,
-)
 
 __all__ = [
-    "AlignmentError",
     "AlreadyExistsError",
     "CacheClient",
     "CacheError",
@@ -33,15 +27,10 @@ __all__ = [
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
-    "LoaderStateError",
     "NotFoundError",
     "ResourceExhaustedError",
     "ShardInfo",
-    "SparseKDBatch",
-    "SparseKDLoader",
     "UnauthenticatedError",
     "UnavailableError",
     "WriteSummary",
-    "plan_batches",
-    "verify_alignment",
 ]

@@ -55,7 +55,7 @@ from logitcache.client.errors import (
     from_rpc_error,
     is_transient,
 )
-from logitcache.manifest import ShardInfo, ShardManifest
+from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 

@@ -9,6 +9,7 @@
 * :mod:`logitcache.kd.metrics` — ECE, top-1 agreement, LM loss.
 """
 
+import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the extra)
 from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
 from logitcache.kd.loss import KDParams, sparse_kd_loss
 from logitcache.kd.modules import FusedLinearSparseKDLoss, SparseKDLoss

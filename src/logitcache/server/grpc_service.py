@@ -42,7 +42,8 @@ import grpc
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
 
-from logitcache import records, wire
+from logitcache import wire
+from logitcache.core import records
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.server.commits import Committer, StreamState
 from logitcache.server.disk import human_bytes

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from logitcache.records import Record
+from logitcache.core.records import Record
 
 __all__ = ["PositionSummary", "ShardSample", "position_entries", "summarize"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import lmdb
 import lmdb.verify
 
-from logitcache import records
-from logitcache.manifest import ManifestMismatchError, ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ManifestMismatchError, ShardManifest
 from logitcache.server import layout
 
 __all__ = ["ShardReport", "check_files", "check_meta_pages", "check_tree", "verify_data_dir", "verify_shard"]

@@ -35,7 +35,7 @@ from typing import IO
 
 import lmdb
 
-from logitcache import records
+from logitcache.core import records
 from logitcache.server.errors import StoreError
 
 __all__ = [

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import lmdb
 
-from logitcache import records
-from logitcache.manifest import ManifestMismatchError, ShardInfo, ShardManifest
+from logitcache.core import records
+from logitcache.core.manifest import ManifestMismatchError, ShardInfo, ShardManifest
 from logitcache.server import integrity, layout
 from logitcache.server.disk import DiskSpace
 from logitcache.server.errors import (

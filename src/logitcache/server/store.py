@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from logitcache.manifest import ShardManifest
+from logitcache.core.manifest import ShardManifest
 from logitcache.server import layout
 from logitcache.server.disk import DiskSpace
 from logitcache.server.errors import InvalidRequestError, ManifestError, ShardExistsError, ShardNotFoundError

@@ -38,12 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitcache import records
 from logitcache.client import CacheClient, CacheError, CancelledError
 from logitcache.client.errors import is_transient
-from logitcache.manifest import ShardManifest
+from logitcache.core import records
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
-from logitcache.sampling import SamplerConfig, SparseTargets, sample
+from logitcache.targets.sampling import sample
+from logitcache.targets.sparse import SparseTargets
 
 __all__ = ["CacheWriter", "WriterClosedError", "WriterStats"]
 

@@ -13,9 +13,9 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
-from logitcache import records
 from logitcache.client import FailedPreconditionError
-from logitcache.server.process import ServerProcess
+from logitcache.core import records
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
 
 

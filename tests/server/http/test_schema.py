@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from logitcache.server.process import ServerProcess
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records
 
 TOKEN = "tok"

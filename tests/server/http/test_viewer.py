@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from logitcache import records
-from logitcache.server.process import ServerProcess
+from logitcache.core import records
+from logitcache.targets.sparse import SparseTargets
+from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records
 from tests.server.http.test_routes import _tiny_tokenizer
 
@@ -46,7 +47,7 @@ def test_viewer_lists_opens_and_charts(tmp_path: Path) -> None:
     lo = record.offsets[pos]
     ids = record.input_ids.copy()
     ids[pos + 1] = record.token_ids[lo]
-    items[1] = (seq, records.encode(ids, record.to_targets()))
+    items[1] = (seq, records.encode(ids, SparseTargets.from_record(record)))
     assert _label_position(items[1][1]) <= pos
     server = ServerProcess(tmp_path / "data", "--tokenizer", str(_tiny_tokenizer(tmp_path / "tokenizer.json")))
     try:

@@ -14,8 +14,8 @@ import numpy as np
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from logitcache import records
-from logitcache.manifest import ShardInfo
+from logitcache.core import records
+from logitcache.core.manifest import ShardInfo
 from logitcache.server import inspect
 from logitcache.server.errors import CorruptRecordError
 from logitcache.server.http import schemas

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from logitcache.cli import main
+from logitcache.apps.cli import main
 
 
 def test_demo_help_lists_the_guided_run_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from logitcache import records, wire
-from logitcache.manifest import ManifestMismatchError, ShardManifest
-from logitcache.sampling import SamplerConfig, sample
-from logitcache.synthetic import lm_like_logits
+from logitcache import wire
+from logitcache.core import records
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ManifestMismatchError, ShardManifest
+from logitcache.targets.sampling import sample
+from logitcache.targets.synthetic import lm_like_logits
 
 
 def _header(config: SamplerConfig, vocab: int = 500, positions: int = 8) -> records.RecordHeader:

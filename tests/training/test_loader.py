@@ -13,23 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from logitcache import records
-from logitcache.client import (
+from logitcache.client import CacheClient, UnavailableError
+from logitcache.core import records
+from logitcache.core.manifest import ShardManifest
+from logitcache.kd import sparse_kd_loss
+from logitcache.server.runner import ServerThread
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
+from logitcache.training import (
     AlignmentError,
-    CacheClient,
     LoaderStateError,
     SparseKDBatch,
     SparseKDLoader,
-    UnavailableError,
     plan_batches,
     verify_alignment,
 )
-from logitcache.client.loader import worker_share
-from logitcache.kd import sparse_kd_loss
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import sample_random
-from logitcache.server.runner import ServerThread
-from logitcache.synthetic import lm_like_logits
+from logitcache.training.loader import worker_share
 from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
 
 # ----------------------------------------------------------------- the plan (pure)
@@ -127,7 +127,7 @@ def test_batches_hold_the_records_targets_padded(
         widest = 0
         for row, key in enumerate(zip(batch.shards.tolist(), batch.seqs.tolist(), strict=True)):
             record = records.decode(stored[key])
-            targets = record.to_targets()
+            targets = SparseTargets.from_record(record)
             ids, probs = targets.to_padded(width=k)
             widest = max(widest, int(targets.entry_counts().max()))
             assert torch.equal(batch.input_ids[row], torch.from_numpy(record.input_ids))

@@ -8,16 +8,17 @@ Subcommands:
 * ``logitcache verify`` — check every shard of a data directory for damage, read-only, with no
   server running in it (see :mod:`logitcache.server.integrity`). Exit 1 if anything is damaged.
 * ``logitcache teacher`` — run a Hugging Face causal LM over a corpus and write its sparse targets
-  into the cache (see :mod:`logitcache.writer.teacher`); ``torchrun`` splits the work across ranks.
+  into the cache (see :mod:`logitcache.apps.teacher`); ``torchrun`` splits the work across ranks.
 * ``logitcache demo`` — a one-minute guided run on the CPU: a server on ``./logitcache-demo-data``, a tiny
   teacher over a built-in corpus, a student trained from the cache, the viewer until Ctrl-C
-  (see :mod:`logitcache.demo`).
+  (see :mod:`logitcache.apps.demo`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import typing
@@ -25,7 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+from logitcache.apps.corpus import TOKEN_DTYPES
+from logitcache.core.config import METHODS
+
+__all__ = ["TEACHER_DTYPES", "main"]
+
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name: the teacher's --dtype
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -39,9 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="one JSON object per shard, one per line")
     teacher = sub.add_parser("teacher", help="cache a teacher model's sparse targets over a corpus")
-    from logitcache.writer.teacher import add_arguments
-
-    add_arguments(teacher)
+    _add_teacher_flags(teacher)
     demo = sub.add_parser("demo", help="a one-minute guided run: server, teacher, cache, student, viewer")
     demo.add_argument(
         "--data-dir", type=Path, default=Path("logitcache-demo-data"), help="the demo's own data directory"
@@ -53,6 +57,34 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
+
+
+def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``teacher`` flags (defined here, so that ``--help`` imports neither torch nor transformers)."""
+    parser.add_argument("--model", type=Path, required=True, help="a local Hugging Face causal LM directory")
+    parser.add_argument("--data", type=Path, required=True, help="corpus: .bin (nanoGPT), .npy or .jsonl")
+    parser.add_argument("--seq-len", type=int, default=1024, help="positions per sequence T (default 1024)")
+    parser.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="uint16", help=".bin element type")
+    parser.add_argument("--text-key", default="text", help=".jsonl: the field holding the text")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: --model)")
+    parser.add_argument(
+        "--server", action="append", help="cache server host:port; repeat for a cluster (default 127.0.0.1:50051)"
+    )
+    parser.add_argument("--auth-token", default=os.environ.get("LOGITCACHE_AUTH_TOKEN"), help="the servers' token")
+    parser.add_argument("--shard", type=int, default=0, help="shard id of rank 0; rank r writes --shard + r")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward pass")
+    parser.add_argument("--sampler", choices=METHODS, default="multinomial", help="how to sparsify")
+    parser.add_argument("--rounds", type=int, default=50, help="N draws per position (random sampling)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="proposal temperature t")
+    parser.add_argument("--top-k", type=int, default=12, help="k of --sampler topk (the baseline)")
+    parser.add_argument("--top-p", type=float, help="also truncate top-k at this mass")
+    parser.add_argument("--dtype", choices=[*TEACHER_DTYPES, "auto"], default="auto", help="auto: bfloat16 on CUDA")
+    parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    parser.add_argument("--limit", type=int, help="use only the first N sequences of the corpus")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (rank r uses seed + r)")
+    parser.add_argument("--teacher-name", help="the manifest's teacher (default: the model directory's name)")
+    parser.add_argument("--seal", action="store_true", help="seal the shard when every sequence is stored")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +135,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from logitcache.demo import DemoOptions, run_demo
+    import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the extra)
+    from logitcache.apps.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         data_dir=args.data_dir,
@@ -128,9 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "teacher":
-            from logitcache.writer.teacher import main as teacher_main
+            import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the extra)
+            from logitcache.apps.teacher import main as teacher_main
 
             return teacher_main(args)
+    except ImportError as exc:  # an optional dependency (torch, transformers) is not installed
+        print(f"logitcache {args.command}: {exc}", file=sys.stderr)
     except (ValueError, OSError) as exc:  # bad arguments, or an address in use (pydantic's errors included)
         parser.error(str(exc))
     return 2

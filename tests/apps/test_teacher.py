@@ -14,9 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from logitcache import records
-from logitcache.cli import main
-from logitcache.sampling import SamplerConfig, sample
+from logitcache.apps.cli import main
+from logitcache.core import records
+from logitcache.core.config import SamplerConfig
+from logitcache.targets.sampling import sample
+from logitcache.targets.sparse import SparseTargets
 from tests.server.helpers import running_server
 
 SEQ_LEN = 16
@@ -80,7 +82,7 @@ def test_teacher_fills_the_shard_and_a_rerun_skips_finished_work(
         with torch.no_grad():
             logits = model(input_ids=torch.from_numpy(corpus[:3].astype(np.int64))).logits  # the first batch
         expected = sample(logits.flatten(0, 1), SamplerConfig(rounds=20), torch.Generator().manual_seed(0))
-        stored = [records.decode(data).to_targets() for _, data in client.read(4, seqs=[0, 1, 2])]
+        stored = [SparseTargets.from_record(records.decode(data)) for _, data in client.read(4, seqs=[0, 1, 2])]
         assert torch.equal(torch.cat([t.token_ids for t in stored]), expected.token_ids)
         assert torch.equal(torch.cat([t.values for t in stored]), expected.values)
 

@@ -15,8 +15,8 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logitcache import records
-from logitcache.records import (
+from logitcache.core import records
+from logitcache.core.records import (
     HEADER_SIZE,
     BadMagicError,
     BodyError,
@@ -33,8 +33,9 @@ from logitcache.records import (
     UnsupportedVersionError,
     WeightError,
 )
-from logitcache.sampling import SparseTargets, sample_random, sample_topk
-from logitcache.synthetic import lm_like_logits
+from logitcache.targets.sampling import sample_random, sample_topk
+from logitcache.targets.sparse import SparseTargets, decode_torch
+from logitcache.targets.synthetic import lm_like_logits
 
 VOCAB_SIZES = (50257, 128256, 151936, 262144)
 
@@ -92,7 +93,7 @@ def _both_decoders_raise(data: bytes, error: type[RecordError], match: str | Non
     with pytest.raises(error, match=match):
         records.decode(data)
     with pytest.raises(error, match=match):
-        records.decode_torch(data)
+        decode_torch(data)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -109,7 +110,7 @@ def test_sampled_round_trip(vocab: int, dense: bool) -> None:
     assert decoded.header.kind == "sampled"
     assert decoded.header.rounds == 50
     assert decoded.header.dense is dense
-    torch.testing.assert_close(decoded.to_targets().target_probs(), targets.target_probs())
+    torch.testing.assert_close(SparseTargets.from_record(decoded).target_probs(), targets.target_probs())
 
 
 @pytest.mark.parametrize("vocab", VOCAB_SIZES)
@@ -182,7 +183,7 @@ def test_topk_round_trip_within_the_quantiser_bound(vocab: int, top_p: float | N
         assert h.value_bits >= 12
     # the residual (ghost) mass is recoverable
     true_residual = targets.residual_mass().numpy()
-    got = decoded.to_targets().residual_mass().numpy()
+    got = SparseTargets.from_record(decoded).residual_mass().numpy()
     assert np.abs(got - true_residual).max() < (0.03 if bits == 7 else 2e-4)
 
 
@@ -207,14 +208,14 @@ def test_torch_decode_matches_numpy_decode(kind: str) -> None:
         targets = _sampled(5000, temperature=0.9 if kind == "weighted" else 1.0)
     ids = _input_ids(targets)
     data = records.encode(ids, targets)
-    ref = records.decode(data).to_targets()
-    got_ids, got = records.decode_torch(data, "cpu")
+    ref = SparseTargets.from_record(records.decode(data))
+    got_ids, got = decode_torch(data, "cpu")
     assert torch.equal(got_ids, ids)
     assert torch.equal(got.token_ids, ref.token_ids)
     assert torch.equal(got.offsets, ref.offsets)
     torch.testing.assert_close(got.values, ref.values)
     torch.testing.assert_close(got.target_probs(), ref.target_probs())
-    dense_ids, dense_targets = records.decode_torch(records.encode(ids, targets, dense=True))
+    dense_ids, dense_targets = decode_torch(records.encode(ids, targets, dense=True))
     assert torch.equal(dense_ids, ids)
     assert torch.equal(dense_targets.token_ids, ref.token_ids)
 
@@ -224,14 +225,14 @@ def test_torch_decode_on_cuda_matches_cpu() -> None:
     targets = _sampled(128256, positions=256, temperature=0.9)
     ids = _input_ids(targets)
     data = records.encode(ids, targets)
-    cpu_ids, cpu = records.decode_torch(data, "cpu")
-    gpu_ids, gpu = records.decode_torch(data, "cuda")
+    cpu_ids, cpu = decode_torch(data, "cpu")
+    gpu_ids, gpu = decode_torch(data, "cuda")
     assert gpu.token_ids.is_cuda
     assert torch.equal(gpu_ids.cpu(), cpu_ids)
     assert torch.equal(gpu.token_ids.cpu(), cpu.token_ids)
     torch.testing.assert_close(gpu.target_probs().cpu(), cpu.target_probs())
     with pytest.raises(CountSumError):
-        records.decode_torch(_edit_entry(data, 0, value=int(cpu.values[0]) + 1), "cuda")
+        decode_torch(_edit_entry(data, 0, value=int(cpu.values[0]) + 1), "cuda")
 
 
 def test_dense_encoding_is_smaller_on_lm_like_data() -> None:
@@ -466,7 +467,7 @@ def test_corruption_never_yields_garbage(
     data = original
     for corrupt in corruptions:
         data = corrupt(data)
-    for decoder in (records.decode, lambda d: records.decode_torch(d)):
+    for decoder in (records.decode, lambda d: decode_torch(d)):
         try:
             decoder(data)
         except RecordError:
@@ -486,7 +487,7 @@ def test_resealed_corruption_raises_only_record_errors(
         data = corrupt(data)
     if len(data) >= HEADER_SIZE:
         data = reseal(data)
-    for decoder in (records.decode, lambda d: records.decode_torch(d)):
+    for decoder in (records.decode, lambda d: decode_torch(d)):
         with contextlib.suppress(RecordError):
             decoder(data)
 

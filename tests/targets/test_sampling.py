@@ -9,8 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from logitcache.sampling import SamplerConfig, SparseTargets, sample, sample_random, sample_topk
-from logitcache.synthetic import lm_like_logits
+from logitcache.core.config import SamplerConfig
+from logitcache.targets.sampling import sample, sample_random, sample_topk
+from logitcache.targets.sparse import SparseTargets
+from logitcache.targets.synthetic import lm_like_logits
 
 RANDOM_METHODS = ("multinomial", "systematic")
 

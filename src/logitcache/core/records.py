@@ -69,16 +69,14 @@ import dataclasses
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
-import torch
 import xxhash
 import zstandard
-from torch import Tensor
 
-from logitcache.sampling import MAX_ROUNDS, MAX_VOCAB_SIZE, SparseTargets, TargetKind
+from logitcache.core.config import MAX_ROUNDS, MAX_VOCAB_SIZE, TargetKind
 
 __all__ = [
     "FORMAT_VERSION",
@@ -97,14 +95,15 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordHeader",
+    "TargetArrays",
     "TokenIdError",
     "TrailingBytesError",
     "TruncatedRecordError",
     "UnsupportedVersionError",
     "WeightError",
+    "check_input_hash",
     "declared_size",
     "decode",
-    "decode_torch",
     "encode",
     "input_ids_hash",
     "peek_positions",
@@ -378,14 +377,20 @@ def _checksum(header: memoryview | bytes, body: memoryview | bytes) -> int:
     return h.intdigest()
 
 
-def input_ids_hash(input_ids: npt.ArrayLike | Tensor) -> int:
+def _numpy(values: Any) -> npt.NDArray[Any]:
+    """An array-like, or a tensor of any device (duck-typed: this module imports no torch), as numpy."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def input_ids_hash(input_ids: npt.ArrayLike) -> int:
     """XXH64 of token ids as little-endian uint32: the alignment fingerprint a record stores.
 
     A training job that brings its own token stream compares this with ``Record.header.input_hash``.
+    Accepts torch tensors too.
     """
-    if isinstance(input_ids, Tensor):
-        input_ids = input_ids.detach().cpu().numpy()
-    arr = np.ascontiguousarray(np.asarray(input_ids), dtype="<u4")
+    arr = np.ascontiguousarray(_numpy(input_ids), dtype="<u4")
     return xxhash.xxh64_intdigest(arr.tobytes())
 
 
@@ -394,7 +399,8 @@ def input_ids_hash(input_ids: npt.ArrayLike | Tensor) -> int:
 
 @dataclass(frozen=True)
 class Record:
-    """A decoded record (numpy arrays on the CPU). ``to_targets()`` gives torch tensors."""
+    """A decoded record (numpy arrays on the CPU); :meth:`SparseTargets.from_record
+    <logitcache.targets.sparse.SparseTargets.from_record>` makes torch tensors of it."""
 
     header: RecordHeader
     input_ids: IntArray  # [T] int64
@@ -420,29 +426,43 @@ class Record:
         probs = probs / dtype(h.rounds)
         return probs
 
-    def to_targets(self, device: torch.device | str | None = None) -> SparseTargets:
-        """The record's targets as :class:`SparseTargets` on ``device`` (CPU by default)."""
-        h = self.header
-        return SparseTargets(
-            kind=h.kind,
-            vocab_size=h.vocab_size,
-            token_ids=torch.from_numpy(self.token_ids).to(device),
-            values=torch.from_numpy(self.values).to(device),
-            offsets=torch.from_numpy(self.offsets).to(device),
-            weights=None if self.weights is None else torch.from_numpy(self.weights).to(device),
-            rounds=h.rounds,
-            k=h.k,
-            temperature=h.temperature,
-            top_p=h.top_p,
-        )
-
 
 # --------------------------------------------------------------------------- encode
 
 
+class TargetArrays(Protocol):
+    """What :func:`encode` reads from a sequence's targets: the fields of
+    :class:`~logitcache.targets.sparse.SparseTargets`, as numpy arrays or tensors of any device."""
+
+    @property
+    def kind(self) -> TargetKind: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def token_ids(self) -> Any: ...  # [E] integer ids
+    @property
+    def values(self) -> Any: ...  # [E] counts (sampled) | probabilities (top-k)
+    @property
+    def offsets(self) -> Any: ...  # [P + 1]
+    @property
+    def weights(self) -> Any: ...  # [E] float p/q, or None
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def num_positions(self) -> int: ...
+    @property
+    def num_entries(self) -> int: ...
+
+
 def encode(
-    input_ids: npt.ArrayLike | Tensor,  # [T]
-    targets: SparseTargets,
+    input_ids: npt.ArrayLike,  # [T]
+    targets: TargetArrays,
     *,
     dense: bool = False,
     topk_value_bits: int | None = None,
@@ -467,8 +487,8 @@ def encode(
     if not 2 <= vocab <= MAX_VOCAB_SIZE:
         raise ValueError(f"vocab_size: expected 2 <= V <= {MAX_VOCAB_SIZE}, got {vocab}")
     id_bits = _id_bits(vocab)
-    token_ids = targets.token_ids.detach().cpu().numpy().astype(np.int64, copy=False)
-    offsets = targets.offsets.detach().cpu().numpy().astype(np.int64, copy=False)
+    token_ids = _numpy(targets.token_ids).astype(np.int64, copy=False)
+    offsets = _numpy(targets.offsets).astype(np.int64, copy=False)
     entry_counts = np.diff(offsets)
     weights: FloatArray | None = None
     if targets.kind == "sampled":
@@ -476,12 +496,12 @@ def encode(
         if not 1 <= per_position <= MAX_ROUNDS:
             raise ValueError(f"rounds: expected 1 <= N <= {MAX_ROUNDS}, got {per_position}")
         value_bits = per_position.bit_length()
-        values = targets.values.detach().cpu().numpy().astype(np.int64, copy=False)
+        values = _numpy(targets.values).astype(np.int64, copy=False)
         param = float(np.float32(targets.temperature))
         if not param > 0:
             raise ValueError(f"temperature: expected > 0 in float32, got {targets.temperature}")
         if targets.weights is not None:
-            weights = targets.weights.detach().cpu().numpy().astype(np.float32)
+            weights = _numpy(targets.weights).astype(np.float32)
             if weights.shape != (targets.num_entries,):
                 raise ValueError(
                     f"weights: expected shape [{targets.num_entries}] (one per entry), got {weights.shape}"
@@ -493,7 +513,7 @@ def encode(
         value_bits = _default_topk_value_bits(id_bits) if topk_value_bits is None else topk_value_bits
         if not 1 <= value_bits <= _MAX_TOPK_VALUE_BITS:
             raise ValueError(f"topk_value_bits: expected 1..{_MAX_TOPK_VALUE_BITS}, got {value_bits}")
-        probs = targets.values.detach().cpu().numpy().astype(np.float64)
+        probs = _numpy(targets.values).astype(np.float64)
         if not (np.isfinite(probs).all() and (probs > 0).all() and (probs <= 1).all()):
             raise ValueError("values: expected top-k probabilities in (0, 1]")
         falls = np.diff(probs) <= 1e-7 * probs[1:]  # allow float noise between equal probabilities
@@ -531,10 +551,8 @@ def encode(
     return _assemble(header, ids_in, entry_counts, token_ids, values, weights, zstd_level)
 
 
-def _as_int64(values: npt.ArrayLike | Tensor, name: str) -> IntArray:
-    if isinstance(values, Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
+def _as_int64(values: npt.ArrayLike, name: str) -> IntArray:
+    arr = _numpy(values)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected integer token ids, got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
@@ -676,7 +694,7 @@ def decode(data: bytes | bytearray | memoryview) -> Record:
     else:
         input_ids, entry_counts, token_ids, values, weights = _split_fixed(header, view)
     offsets = _validate_content(header, input_ids, entry_counts, token_ids, values, weights)
-    _check_input_hash(header, input_ids)
+    check_input_hash(header, input_ids)
     probs_or_counts: IntArray | FloatArray = (
         _ratio_decode(values, offsets, header.value_bits) if header.kind == "topk" else values
     )
@@ -824,116 +842,8 @@ def _validate_content(
     return offsets
 
 
-def _check_input_hash(h: RecordHeader, input_ids: IntArray | Tensor) -> None:
+def check_input_hash(h: RecordHeader, input_ids: npt.ArrayLike) -> None:
+    """Raise :class:`InputHashError` unless ``input_ids`` hash to the header's ``input_hash``."""
     digest = input_ids_hash(input_ids)
     if digest != h.input_hash:
         raise InputHashError("input_hash", f"expected {h.input_hash:#018x}, the input ids hash to {digest:#018x}")
-
-
-# --------------------------------------------------------------------------- torch decode
-
-
-def decode_torch(
-    data: bytes | bytearray | memoryview, device: torch.device | str | None = None
-) -> tuple[Tensor, SparseTargets]:
-    """Decode a record into ``(input_ids [T] int64, SparseTargets)`` on ``device``.
-
-    The header and checksum are checked on the CPU; a fixed-width body is shipped to the device
-    as packed bytes and unpacked and validated there with torch ops (a handful of host syncs per
-    record, whatever its size; the input ids come back to the CPU for the alignment hash). A
-    dense body is decompressed on the CPU first.
-    """
-    h = read_header(data)
-    target = torch.device(device) if device is not None else torch.device("cpu")
-    if h.dense:
-        record = decode(data)
-        return torch.from_numpy(record.input_ids).to(target), record.to_targets(target)
-    body = torch.frombuffer(bytearray(memoryview(data)[HEADER_SIZE:]), dtype=torch.uint8)
-    body = body.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else body.to(target)
-    ids_size, counts_size, entries_size, _ = h.section_sizes()
-    t, e = h.num_positions, h.num_entries
-    input_ids = _unpack_le_torch(body[:ids_size], t, h.input_id_bytes)
-    entry_counts = _unpack_le_torch(body[ids_size : ids_size + counts_size], t, h.count_bytes)
-    start = ids_size + counts_size
-    entries = _unpack_le_torch(body[start : start + entries_size], e, h.entry_bytes)
-    token_ids = entries & ((1 << h.id_bits) - 1)
-    values = entries >> h.id_bits
-    weights = None
-    if h.weighted:
-        weights = body[start + entries_size :].clone().view(torch.float32)  # clone: 4-byte aligned
-    offsets = torch.zeros(t + 1, dtype=torch.int64, device=target)
-    torch.cumsum(entry_counts, dim=0, out=offsets[1:])
-    _validate_torch(h, entry_counts, offsets, token_ids, values, weights, input_ids)
-    _check_input_hash(h, input_ids)
-    probs_or_counts = values
-    if h.kind == "topk":
-        log_ratio = torch.log((values + 1).double()) - h.value_bits * math.log(2.0)
-        running = torch.cumsum(log_ratio, dim=0)
-        base = torch.cat([running.new_zeros(1), running])[offsets[:-1]]
-        probs_or_counts = torch.exp(running - base.repeat_interleave(entry_counts)).float()
-    targets = SparseTargets(
-        kind=h.kind,
-        vocab_size=h.vocab_size,
-        token_ids=token_ids,
-        values=probs_or_counts,
-        offsets=offsets,
-        weights=weights,
-        rounds=h.rounds,
-        k=h.k,
-        temperature=h.temperature,
-        top_p=h.top_p,
-    )
-    return input_ids, targets
-
-
-def _unpack_le_torch(raw: Tensor, count: int, width: int) -> Tensor:
-    cols = raw.view(count, width).to(torch.int64)
-    out = cols[:, 0].clone()
-    for j in range(1, width):
-        out |= cols[:, j] << (8 * j)
-    return out
-
-
-def _validate_torch(
-    h: RecordHeader,
-    entry_counts: Tensor,
-    offsets: Tensor,
-    token_ids: Tensor,
-    values: Tensor,
-    weights: Tensor | None,
-    input_ids: Tensor,
-) -> None:
-    """``_validate_content`` as device reductions: two host syncs, whatever the size."""
-    per = h.max_entries_per_position
-    bad_count, total = torch.stack([((entry_counts < 1) | (entry_counts > per)).any().long(), offsets[-1]]).tolist()
-    if bad_count:
-        raise EntryCountError("entry_counts", f"expected 1..{per} entries at every position")
-    if total != h.num_entries:
-        raise EntryCountError("entry_counts", f"expected a sum of num_entries = {h.num_entries}, got {total}")
-    position = torch.repeat_interleave(torch.arange(h.num_positions, device=offsets.device), entry_counts)
-    checks: list[tuple[Tensor, RecordError]] = [
-        ((input_ids >= h.vocab_size).any(), TokenIdError("input_ids", f"expected ids < vocab_size {h.vocab_size}")),
-        ((token_ids >= h.vocab_size).any(), TokenIdError("entries", f"expected ids < vocab_size {h.vocab_size}")),
-    ]
-    if h.kind == "sampled":
-        sums = torch.zeros(h.num_positions, dtype=torch.int64, device=offsets.device).index_add_(0, position, values)
-        ascending = (position[1:] != position[:-1]) | (token_ids[1:] > token_ids[:-1])
-        checks += [
-            (((values < 1) | (values > h.rounds)).any(), CountSumError("entries", f"expected counts in 1..{h.rounds}")),
-            ((sums != h.rounds).any(), CountSumError("entries", f"expected counts summing to N = {h.rounds}")),
-            ((~ascending).any(), EntryOrderError("entries", "expected strictly ascending ids within a position")),
-        ]
-        if weights is not None:
-            bad_weight = (~torch.isfinite(weights) | (weights < 0)).any()
-            checks.append((bad_weight, WeightError("weights", "expected finite importance weights >= 0")))
-    else:
-        too_big = (values >= 1 << h.value_bits).any()
-        checks.append((too_big, HeaderFieldError("entries", f"expected top-k levels below {1 << h.value_bits}")))
-        keyed = (position * h.vocab_size + token_ids).sort().values
-        checks.append(
-            ((keyed[1:] == keyed[:-1]).any(), EntryOrderError("entries", "expected unique token ids within a position"))
-        )
-    failed = torch.stack([flag for flag, _ in checks]).tolist()
-    for flag, (_, error) in zip(failed, checks, strict=True):
-        if flag:
-            raise error

@@ -51,35 +51,15 @@ Example::
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "MAX_ROUNDS",
-    "MAX_VOCAB_SIZE",
-    "METHODS",
-    "SamplerConfig",
-    "SparseTargets",
-    "TargetKind",
-    "default_chunk_size",
-    "sample",
-    "sample_random",
-    "sample_topk",
-]
+from logitcache.core.config import MAX_VOCAB_SIZE, SamplerConfig
+from logitcache.targets.sparse import SparseTargets
 
-MAX_ROUNDS = 65535
-"""Largest number of sampling rounds (and of top-k's k): counts must fit the record's 16 bits."""
-
-MAX_VOCAB_SIZE = 1 << 24
-"""Largest vocabulary a record can address (24-bit token ids)."""
-
-METHODS = ("multinomial", "systematic", "topk")
-TargetKind = Literal["sampled", "topk"]
-Method = Literal["multinomial", "systematic", "topk"]
+__all__ = ["default_chunk_size", "sample", "sample_random", "sample_topk"]
 
 _CHUNK_ELEMENTS = 1 << 25  # default budget: 32 Mi fp32 values (128 MiB) per chunk
 
@@ -87,148 +67,6 @@ _CHUNK_ELEMENTS = 1 << 25  # default budget: 32 Mi fp32 values (128 MiB) per chu
 def default_chunk_size(vocab_size: int) -> int:
     """Positions per chunk so that one fp32 ``[chunk, V]`` buffer stays near 128 MiB."""
     return max(1, _CHUNK_ELEMENTS // max(1, vocab_size))
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to sparsify a teacher distribution. Validated on construction (``ValueError``)."""
-
-    method: Method = "multinomial"  # "multinomial" | "systematic" (random sampling) | "topk"
-    rounds: int = 50  # N: draws per position for the random methods (≈12 unique on LM data)
-    temperature: float = 1.0  # proposal temperature t: q ∝ p^t (random methods only)
-    k: int = 12  # top-k: entries kept per position
-    top_p: float | None = None  # top-k only: also stop once this much mass is kept
-    chunk_size: int | None = None  # positions per chunk; None → default_chunk_size(V)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
-        if not 1 <= self.rounds <= MAX_ROUNDS:
-            raise ValueError(f"rounds: expected 1 <= rounds <= {MAX_ROUNDS}, got {self.rounds}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(
-                f"temperature: expected a finite value > 0, got {self.temperature} "
-                "(t = 0 is the uniform proposal, which the paper shows diverges)"
-            )
-        if not 1 <= self.k <= MAX_ROUNDS:
-            raise ValueError(f"k: expected 1 <= k <= {MAX_ROUNDS}, got {self.k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p: expected 0 < top_p <= 1, got {self.top_p}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size: expected >= 1, got {self.chunk_size}")
-
-
-@dataclass(frozen=True)
-class SparseTargets:
-    """Sparse targets for ``P`` positions, stored ragged.
-
-    Position ``p`` owns entries ``offsets[p]:offsets[p + 1]`` of ``token_ids`` / ``values``.
-    Every position has at least one entry. Within a position, sampled entries are in ascending
-    token id order (ids unique); top-k entries are in decreasing probability order.
-
-    ``values`` depends on ``kind``:
-
-    * ``"sampled"``: int64 counts, each in ``[1, rounds]``, summing to ``rounds`` per position;
-      ``weights`` holds the importance weights ``p/q`` (float32) when ``temperature != 1``.
-    * ``"topk"``: float32 teacher probabilities (not renormalised: ``1 - Σ`` is the residual).
-    """
-
-    kind: TargetKind
-    vocab_size: int
-    token_ids: Tensor  # [E] int64
-    values: Tensor  # [E] int64 counts (sampled) | float32 probabilities (topk)
-    offsets: Tensor  # [P + 1] int64, offsets[0] = 0, offsets[-1] = E
-    weights: Tensor | None = None  # [E] float32 p/q, sampled with temperature != 1 only
-    rounds: int = 0  # N (sampled); 0 for top-k
-    k: int = 0  # k (top-k); 0 for sampled
-    temperature: float = 1.0  # proposal temperature (sampled)
-    top_p: float | None = None  # top-p truncation (top-k)
-
-    @property
-    def num_positions(self) -> int:
-        return int(self.offsets.numel()) - 1
-
-    @property
-    def num_entries(self) -> int:
-        return int(self.token_ids.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return self.token_ids.device
-
-    def entry_counts(self) -> Tensor:
-        """Entries per position. ``[P]`` int64."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def position_index(self) -> Tensor:
-        """The position each entry belongs to. ``[E]`` int64."""
-        return torch.repeat_interleave(torch.arange(self.num_positions, device=self.device), self.entry_counts())
-
-    def target_probs(self, *, normalize: bool = True) -> Tensor:
-        """The target probability of every entry. ``[E]`` float32.
-
-        Sampled: ``count·w / Σ count·w`` per position (``w = p/q``, 1 when ``t = 1``), the paper's
-        target. With ``normalize=False`` and ``t != 1`` it is ``count·w / N`` instead: exactly
-        unbiased, but it sums to 1 only in expectation. Top-k: the stored probabilities.
-        """
-        if self.kind == "topk":
-            return self.values.float()
-        mass = self.values.float()
-        if self.weights is None:
-            return mass / self.rounds
-        mass = mass * self.weights
-        if not normalize:
-            return mass / self.rounds
-        totals = torch.zeros(self.num_positions, device=self.device, dtype=mass.dtype)
-        totals.index_add_(0, self.position_index(), mass)
-        return mass / totals.repeat_interleave(self.entry_counts())
-
-    def residual_mass(self) -> Tensor:
-        """``1 - Σ target`` per position, clamped at 0. ``[P]`` float32 (exactly zero when sampled)."""
-        if self.kind == "sampled":
-            return torch.zeros(self.num_positions, device=self.device)
-        totals = torch.zeros(self.num_positions, device=self.device)
-        totals.index_add_(0, self.position_index(), self.target_probs())
-        return (1.0 - totals).clamp_min(0.0)
-
-    def to_padded(self, width: int | None = None, pad_id: int = -1) -> tuple[Tensor, Tensor]:
-        """Padded ``(ids [P, K], probs [P, K])``; padding is ``pad_id`` / 0.
-
-        ``K`` is ``width`` or the largest entry count; a ``width`` smaller than that raises.
-        """
-        counts = self.entry_counts()
-        most = int(counts.max()) if self.num_positions else 0
-        width = most if width is None else width
-        if width < most:
-            raise ValueError(f"width: expected >= {most} (the most entries at a position), got {width}")
-        ids = torch.full((self.num_positions, width), pad_id, dtype=torch.int64, device=self.device)
-        probs = torch.zeros((self.num_positions, width), dtype=torch.float32, device=self.device)
-        rows = self.position_index()
-        cols = torch.arange(self.num_entries, device=self.device) - self.offsets[:-1][rows]
-        ids[rows, cols] = self.token_ids
-        probs[rows, cols] = self.target_probs()
-        return ids, probs
-
-    def to_dense(self) -> Tensor:
-        """Dense ``[P, V]`` float32 target (for tests and small vocabularies only)."""
-        dense = torch.zeros((self.num_positions, self.vocab_size), device=self.device)
-        dense[self.position_index(), self.token_ids] = self.target_probs()
-        return dense
-
-    def to(self, device: torch.device | str) -> SparseTargets:
-        """The same targets with every tensor on ``device``."""
-        return SparseTargets(
-            kind=self.kind,
-            vocab_size=self.vocab_size,
-            token_ids=self.token_ids.to(device),
-            values=self.values.to(device),
-            offsets=self.offsets.to(device),
-            weights=None if self.weights is None else self.weights.to(device),
-            rounds=self.rounds,
-            k=self.k,
-            temperature=self.temperature,
-            top_p=self.top_p,
-        )
 
 
 def sample(logits: Tensor, config: SamplerConfig, generator: torch.Generator | None = None) -> SparseTargets:

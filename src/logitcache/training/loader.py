@@ -52,8 +52,8 @@ import xxhash
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from logitcache import records
 from logitcache.client.grpc_client import CacheClient
+from logitcache.core import records
 
 __all__ = [
     "AlignmentError",

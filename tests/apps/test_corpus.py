@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from logitcache.writer.corpus import CorpusError, load_sequences, tokenizer_fingerprint
+from logitcache.apps.corpus import CorpusError, load_sequences, tokenizer_fingerprint
 from tests.writer.tiny_models import TEXT, save_tiny_llama, train_tiny_tokenizer
 
 DOCS = [paragraph.replace("\n", " ") for paragraph in TEXT.split("\n\n")]

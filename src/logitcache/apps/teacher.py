@@ -1,6 +1,6 @@
 """``logitcache teacher``: run a Hugging Face causal LM over a corpus and cache its sparse targets.
 
-Sequence ``i`` of the corpus (tokens ``[i·T, (i+1)·T)``, see :mod:`logitcache.writer.corpus`) is
+Sequence ``i`` of the corpus (tokens ``[i·T, (i+1)·T)``, see :mod:`logitcache.apps.corpus`) is
 stored as seq ``i``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``), rank ``r`` of
 ``W`` takes the contiguous slice ``[r·n/W, (r+1)·n/W)`` of the sequences and writes shard
 ``--shard + r``, on ``cuda:LOCAL_RANK`` when there is a GPU: many GPUs fill the cache together and
@@ -27,17 +27,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from logitcache.apps.corpus import load_sequences, tokenizer_fingerprint
 from logitcache.client import CacheClient, NotFoundError
-from logitcache.manifest import ShardManifest
-from logitcache.sampling import METHODS, SamplerConfig
+from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import ShardManifest
 from logitcache.writer.cache_writer import CacheWriter
-from logitcache.writer.corpus import TOKEN_DTYPES, load_sequences, tokenizer_fingerprint
 
-__all__ = ["TeacherSummary", "add_arguments", "run"]
+__all__ = ["TeacherSummary", "run"]
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -54,33 +52,6 @@ class TeacherSummary:
     bytes_per_position: float
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="a local Hugging Face causal LM directory")
-    parser.add_argument("--data", type=Path, required=True, help="corpus: .bin (nanoGPT), .npy or .jsonl")
-    parser.add_argument("--seq-len", type=int, default=1024, help="positions per sequence T (default 1024)")
-    parser.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="uint16", help=".bin element type")
-    parser.add_argument("--text-key", default="text", help=".jsonl: the field holding the text")
-    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: --model)")
-    parser.add_argument(
-        "--server", action="append", help="cache server host:port; repeat for a cluster (default 127.0.0.1:50051)"
-    )
-    parser.add_argument("--auth-token", default=os.environ.get("LOGITCACHE_AUTH_TOKEN"), help="the servers' token")
-    parser.add_argument("--shard", type=int, default=0, help="shard id of rank 0; rank r writes --shard + r")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward pass")
-    parser.add_argument("--sampler", choices=METHODS, default="multinomial", help="how to sparsify")
-    parser.add_argument("--rounds", type=int, default=50, help="N draws per position (random sampling)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="proposal temperature t")
-    parser.add_argument("--top-k", type=int, default=12, help="k of --sampler topk (the baseline)")
-    parser.add_argument("--top-p", type=float, help="also truncate top-k at this mass")
-    parser.add_argument("--dtype", choices=[*DTYPES, "auto"], default="auto", help="auto: bfloat16 on CUDA")
-    parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
-    parser.add_argument("--limit", type=int, help="use only the first N sequences of the corpus")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (rank r uses seed + r)")
-    parser.add_argument("--teacher-name", help="the manifest's teacher (default: the model directory's name)")
-    parser.add_argument("--seal", action="store_true", help="seal the shard when every sequence is stored")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def _load_tokenizer(path: Path) -> Any | None:
     from transformers import AutoTokenizer
 
@@ -92,7 +63,7 @@ def _load_tokenizer(path: Path) -> Any | None:
 
 
 def run(args: argparse.Namespace) -> TeacherSummary:
-    """Run the teacher as ``args`` (from :func:`add_arguments`) say; raise on any failure."""
+    """Run the teacher as ``args`` (the ``teacher`` flags of :mod:`logitcache.apps.cli`) say; raise on any failure."""
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:  # an optional dependency
@@ -107,7 +78,11 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, events and pinned copies all on this rank's GPU
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype != "auto"
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     sampler = SamplerConfig(
         method=args.sampler, rounds=args.rounds, temperature=args.temperature, k=args.top_k, top_p=args.top_p
     )

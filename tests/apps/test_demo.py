@@ -20,8 +20,8 @@ import httpx
 import pytest
 import torch
 
-from logitcache import demo, records
-from logitcache.demo import (
+from logitcache.apps import demo
+from logitcache.apps.demo import (
     MARKER,
     QUICK,
     TEACHER_NAME,
@@ -32,6 +32,7 @@ from logitcache.demo import (
     prepare_data_dir,
     run_demo,
 )
+from logitcache.core import records
 from logitcache.kd import sparse_kd_loss
 from logitcache.server.store import Store
 from logitcache.writer import CacheWriter
@@ -235,7 +236,7 @@ def test_ctrl_c_stops_every_thread_and_the_server(
     if phase == "caching":  # the second write: the writer's threads are running, the first batch in flight
         monkeypatch.setattr(CacheWriter, "write", _interrupt_on_call(CacheWriter.write, 2))
     else:  # the third student step: the loader's prefetch thread is reading ahead
-        monkeypatch.setattr("logitcache.demo.sparse_kd_loss", _interrupt_on_call(sparse_kd_loss, 3))
+        monkeypatch.setattr("logitcache.apps.demo.sparse_kd_loss", _interrupt_on_call(sparse_kd_loss, 3))
     before = set(threading.enumerate())
     options = DemoOptions(data_dir=tmp_path / "demo-data", quick=True, wait=False, progress=False)
     assert run_demo(options) == 130

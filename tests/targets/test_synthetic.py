@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from logitcache.sampling import sample_random
-from logitcache.synthetic import lm_like_logits, zipf_unigram
+from logitcache.targets.sampling import sample_random
+from logitcache.targets.synthetic import lm_like_logits, zipf_unigram
 
 
 def test_fifty_rounds_give_about_twelve_unique_tokens_at_llama3_vocab() -> None:

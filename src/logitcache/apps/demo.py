@@ -13,7 +13,7 @@
    (random sampling, 50 rounds) and streams the records into shard 0, whose manifest names the
    teacher and the tokenizer's fingerprint.
 4. **Student.** A smaller one (d = 32) is trained for a few steps on batches of a
-   :class:`~logitcache.client.SparseKDLoader` with :func:`~logitcache.kd.sparse_kd_loss`; its
+   :class:`~logitcache.training.SparseKDLoader` with :func:`~logitcache.kd.sparse_kd_loss`; its
    losses before and after are measured on a fixed set of cached sequences.
 5. **Viewer.** The summary ends with the viewer's address; the server keeps serving until Ctrl-C
    (``--no-wait``: it stops at once).
@@ -52,14 +52,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from logitcache.client import CacheClient, SparseKDBatch, SparseKDLoader
+from logitcache.apps.corpus import tokenizer_fingerprint
+from logitcache.client import CacheClient
+from logitcache.core.config import SamplerConfig
 from logitcache.kd import sparse_kd_loss
-from logitcache.sampling import SamplerConfig
 from logitcache.server.errors import StoreError
 from logitcache.server.runner import ServerThread
 from logitcache.server.settings import ServerSettings
+from logitcache.training import SparseKDBatch, SparseKDLoader
 from logitcache.writer import CacheWriter
-from logitcache.writer.corpus import tokenizer_fingerprint
 
 __all__ = ["DEFAULT_DATA_DIR", "DemoOptions", "DemoSizes", "TinyLM", "corpus_texts", "run_demo"]
 
@@ -134,7 +135,7 @@ class _Terminated(BaseException):
 
 def corpus_texts(limit_chars: int | None = None) -> list[str]:
     """The docstrings of this package's modules, classes and functions, in file order."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the logitcache package
     texts: list[str] = []
     total = 0
     for path in sorted(root.rglob("*.py")):

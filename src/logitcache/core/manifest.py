@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from logitcache.records import RecordHeader
-from logitcache.sampling import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
+from logitcache.core.config import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
+from logitcache.core.records import RecordHeader
 
 __all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest"]
 

@@ -1,0 +1,1 @@
+"""The commands: ``logitcache`` (:mod:`.cli`), its ``demo`` (:mod:`.demo`) and ``teacher`` (:mod:`.teacher`)."""
