@@ -15,6 +15,9 @@
 5. Reads of the whole first shard: (a) the baseline, a raw in-process LMDB cursor scan of the
    same records (no checksum, no network); (b) ``Read`` over loopback into this process as bytes
    (the server verifies every envelope and checksum).
+6. The server's start-up import: a fresh interpreter importing the server's entry point
+   (``logitcache.apps.cli`` and ``logitcache.server.runner``), against the same import plus
+   ``torch`` (what the server imported before its torch-free split); interleaved, medians of 5.
 
 The last line printed is one JSON object. Run: ``python benchmarks/bench_server.py``.
 """
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +48,13 @@ from logitcache.targets.synthetic import lm_like_logits
 from logitcache.testing import ServerProcess, StreamLoad
 
 MANY = (16, 64)
+
+
+def _import_seconds(modules: str) -> float:
+    """Wall time of a fresh interpreter importing ``modules`` (its own start-up included)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {modules}"], check=True)
+    return time.perf_counter() - start
 
 
 def _p99_ms(seconds: list[float]) -> float:
@@ -166,6 +178,11 @@ def main() -> None:
             server.proc.terminate()  # graceful
             server.proc.wait(timeout=60)
 
+    server_entry = "logitcache.apps.cli, logitcache.server.runner"
+    imports: dict[str, list[float]] = {"server": [], "with_torch": []}
+    for _ in range(5):  # interleaved
+        imports["server"].append(_import_seconds(server_entry))
+        imports["with_torch"].append(_import_seconds(f"{server_entry}, torch"))
     result = {
         "records": args.records,
         "seq_len": args.seq_len,
@@ -184,6 +201,8 @@ def main() -> None:
         "p99_get_shard_ms_no_streams": _p99_ms(quiet),
         "p99_get_shard_ms_256_idle_streams": _p99_ms(busy),
         "idle_streams": 512,
+        "server_import_seconds": round(statistics.median(imports["server"]), 3),
+        "server_import_seconds_with_torch": round(statistics.median(imports["with_torch"]), 3),
         "bytes_per_position_on_disk": round(info.disk_bytes / positions, 2),
         "disk_over_record_bytes": round(info.disk_bytes / record_bytes, 3),
         "batch_records": args.batch,

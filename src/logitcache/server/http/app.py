@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from logitcache import __version__
+from logitcache.extras import require
 from logitcache.server.errors import StoreError
 from logitcache.server.http import schemas
 from logitcache.server.http.deps import require_token
@@ -49,6 +50,7 @@ def load_tokenizer(path: Path | None) -> Any:
     """A Hugging Face ``tokenizers.Tokenizer`` from a ``tokenizer.json``, or None."""
     if path is None:
         return None
+    require("tokenizers", extra="tokenizer", by="--tokenizer (token strings in the REST API and viewer)")
     from tokenizers import Tokenizer
 
     if not path.is_file():
