@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from logitcache.core.config import TargetKind
 from logitcache.core.manifest import ShardInfo, ShardManifest
+from logitcache.core.results import BatchAck, StatsSnapshot
 from logitcache.proto.v1 import cache_pb2 as pb
 
 __all__ = [
     "MAX_READ_RANGES",
     "MAX_READ_SEQS",
+    "batch_ack_from_proto",
     "manifest_from_proto",
     "manifest_to_proto",
     "read_response_bytes",
     "shard_info_from_proto",
     "shard_info_to_proto",
+    "stats_from_proto",
 ]
 
 _METHODS = {"sampled": pb.METHOD_SAMPLED, "topk": pb.METHOD_TOPK}
@@ -97,6 +100,30 @@ def shard_info_from_proto(message: pb.ShardInfo) -> ShardInfo:
         map_size=message.map_size,
         damage=message.damage or None,
         damaged_records=message.damaged_records,
+    )
+
+
+def batch_ack_from_proto(message: pb.WriteAck) -> BatchAck:
+    return BatchAck(
+        batch_id=message.batch_id,
+        shard=message.shard,
+        written=message.written,
+        unchanged=message.unchanged,
+        positions=message.positions,
+    )
+
+
+def stats_from_proto(message: pb.StatsResponse) -> StatsSnapshot:
+    return StatsSnapshot(
+        records_written=message.records_written,
+        positions_written=message.positions_written,
+        bytes_written=message.bytes_written,
+        records_read=message.records_read,
+        positions_read=message.positions_read,
+        bytes_read=message.bytes_read,
+        shards=message.shards,
+        uptime_seconds=message.uptime_seconds,
+        errors_by_code=dict(message.errors_by_code),
     )
 
 

@@ -16,10 +16,11 @@ from logitcache.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from logitcache.client.grpc_client import CacheClient, ShardInfo, WriteSummary
+from logitcache.client.grpc_client import BatchAck, CacheClient, ShardInfo, StatsSnapshot, WriteStream, WriteSummary
 
 __all__ = [
     "AlreadyExistsError",
+    "BatchAck",
     "CacheClient",
     "CacheError",
     "CancelledError",
@@ -30,7 +31,9 @@ __all__ = [
     "NotFoundError",
     "ResourceExhaustedError",
     "ShardInfo",
+    "StatsSnapshot",
     "UnauthenticatedError",
     "UnavailableError",
+    "WriteStream",
     "WriteSummary",
 ]

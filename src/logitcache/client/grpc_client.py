@@ -36,10 +36,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -56,22 +55,54 @@ from logitcache.client.errors import (
     is_transient,
 )
 from logitcache.core.manifest import ShardInfo, ShardManifest
+from logitcache.core.results import BatchAck, StatsSnapshot, WriteSummary
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
 
-__all__ = ["CacheClient", "ShardInfo", "WriteSummary"]
+__all__ = ["BatchAck", "CacheClient", "ShardInfo", "StatsSnapshot", "WriteStream", "WriteSummary"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WriteSummary:
-    batches: int
-    written: int
-    unchanged: int
-    positions: int
+class _Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
+class WriteStream(Iterator[BatchAck]):
+    """One ``Write`` stream (:meth:`CacheClient.write_batches`): each batch's acknowledgement, in order.
+
+    The stream opens when it is first iterated. :meth:`cancel` may be called from any thread: the
+    iteration then raises :class:`~logitcache.client.errors.CancelledError` (a stream cancelled
+    before it opened is cancelled as it opens).
+    """
+
+    def __init__(
+        self, client: CacheClient, shard: int, batches: Iterable[list[tuple[int, bytes]]], *, overwrite: bool
+    ) -> None:
+        self._lock = threading.Lock()
+        self._call: _Cancellable | None = None
+        self._cancelled = False
+        self._acks = client._write_stream(shard, batches, overwrite, self._opened)
+
+    def _opened(self, call: _Cancellable) -> None:
+        with self._lock:
+            self._call = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
+        """End the stream from this side; batches not acknowledged yet may or may not be stored."""
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def __next__(self) -> BatchAck:
+        return next(self._acks)
 
 
 class _Connection:
@@ -280,10 +311,9 @@ class CacheClient:
         request = self._build(pb.SealShardRequest, shard=shard)
         return wire.shard_info_from_proto(self._unary(self.locate(shard), "SealShard", request))
 
-    def stats(self, address: str | None = None) -> pb.StatsResponse:
+    def stats(self, address: str | None = None) -> StatsSnapshot:
         """One server's counters (the first server's by default)."""
-        response: pb.StatsResponse = self._unary(address or self.address, "GetStats", pb.StatsRequest())
-        return response
+        return wire.stats_from_proto(self._unary(address or self.address, "GetStats", pb.StatsRequest()))
 
     def seq_runs(self, shard: int) -> list[tuple[int, int]]:
         """The seqs ``shard`` holds as ascending ``[start, end)`` runs of consecutive seqs."""
@@ -332,13 +362,22 @@ class CacheClient:
         batches: Iterable[list[tuple[int, bytes]]],
         *,
         overwrite: bool = False,
-        on_call: Callable[[Any], None] | None = None,
-    ) -> Iterator[pb.WriteAck]:
+    ) -> WriteStream:
         """One ``Write`` stream; yields each batch's acknowledgement as it arrives (pipelined).
 
-        Batch ``i`` of ``batches`` is sent with ``batch_id=i``. ``on_call`` receives the call object
-        (to cancel the stream from another thread).
+        Batch ``i`` of ``batches`` is sent with ``batch_id=i``; ``batches`` is consumed as the stream
+        sends. The returned :class:`WriteStream` can be cancelled from another thread.
         """
+        return WriteStream(self, shard, batches, overwrite=overwrite)
+
+    def _write_stream(
+        self,
+        shard: int,
+        batches: Iterable[list[tuple[int, bytes]]],
+        overwrite: bool,
+        on_open: Callable[[_Cancellable], None],
+    ) -> Iterator[BatchAck]:
+        """The ``Write`` stream behind :class:`WriteStream`; ``on_open`` receives the call once it exists."""
         self._build(pb.GetShardRequest, shard=shard)  # refuse a bad shard number before streaming
         address = self.locate(shard)
         requests = (
@@ -353,9 +392,9 @@ class CacheClient:
         )
         try:
             call = self._stub(address).Write(requests, metadata=self._metadata, timeout=self.stream_timeout)
-            if on_call is not None:
-                on_call(call)
-            yield from call
+            on_open(call)
+            for ack in call:
+                yield wire.batch_ack_from_proto(ack)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 

@@ -30,20 +30,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from logitcache.client import CacheClient, CacheError, CancelledError
+from logitcache.client import BatchAck, CacheClient, CacheError, CancelledError, WriteStream
 from logitcache.client.errors import is_transient
 from logitcache.core import records
 from logitcache.core.config import SamplerConfig
 from logitcache.core.manifest import ShardManifest
-from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.targets.sampling import sample
 from logitcache.targets.sparse import SparseTargets
 
@@ -169,7 +167,7 @@ class CacheWriter:
         self._ready: collections.deque[_Batch] = collections.deque()  # packed, not sent
         self._inflight: collections.deque[_Batch] = collections.deque()  # sent, not acknowledged
         self._generation = 0  # bumped whenever a new Write stream starts
-        self._call: Any = None  # the current stream, for the watchdog to cancel
+        self._call: WriteStream | None = None  # the current stream, for the watchdog to cancel
         self._error: BaseException | None = None
         self._closing = False
         self._closed = False
@@ -431,9 +429,10 @@ class CacheWriter:
                 self._generation += 1
                 generation = self._generation
             try:
-                for ack in self.client.write_batches(
-                    self.shard, self._requests(generation), overwrite=self.overwrite, on_call=self._set_call
-                ):
+                stream = self.client.write_batches(self.shard, self._requests(generation), overwrite=self.overwrite)
+                with self._cond:
+                    self._call = stream
+                for ack in stream:
                     self._acked(ack)
                     failing_since, backoff = None, 0.1
             except CacheError as exc:
@@ -480,11 +479,7 @@ class CacheWriter:
     def _failed(self) -> bool:
         return self._error is not None
 
-    def _set_call(self, call: Any) -> None:
-        with self._cond:
-            self._call = call
-
-    def _requests(self, generation: int) -> Any:
+    def _requests(self, generation: int) -> Iterator[list[tuple[int, bytes]]]:
         """The request batches of one stream: every unacknowledged batch again, then new ones."""
         with self._cond:
             resend = list(self._inflight)
@@ -507,7 +502,7 @@ class CacheWriter:
                     self._cond.wait(_POLL)
             yield batch.records
 
-    def _acked(self, ack: pb.WriteAck) -> None:
+    def _acked(self, ack: BatchAck) -> None:
         with self._cond:
             batch = self._inflight.popleft()
             if ack.positions != batch.positions:  # acks arrive in order; anything else is a bug
