@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM
 from logitcache.client import CacheClient
 from logitcache.core import records
 from logitcache.kd import sparse_kd_loss
-from logitcache.kd.loss import Mode
+from logitcache.kd.base import Mode
 from logitcache.kd.metrics import CalibrationAccumulator
 from logitcache.training import SparseKDBatch, SparseKDLoader
 

@@ -7,11 +7,16 @@
   without materialising the logits;
 * :class:`SparseKDLoss`, :class:`FusedLinearSparseKDLoss` — ``nn.Module`` wrappers;
 * :mod:`logitcache.kd.metrics` — ECE, top-1 agreement, LM loss.
+
+Imports point one way: :mod:`.base` (the options, target preparation, shared helpers) is the
+bottom; :mod:`.reference` and :mod:`.chunked` import it, :mod:`.triton_kernel` and
+:mod:`.fused_linear` import those; :mod:`.loss` (the dispatcher) and :mod:`.modules` sit on top.
 """
 
 import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the extra)
+from logitcache.kd.base import KDParams
 from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
-from logitcache.kd.loss import KDParams, sparse_kd_loss
+from logitcache.kd.loss import sparse_kd_loss
 from logitcache.kd.modules import FusedLinearSparseKDLoss, SparseKDLoss
 
 __all__ = ["FusedLinearSparseKDLoss", "KDParams", "SparseKDLoss", "fused_linear_sparse_kd_loss", "sparse_kd_loss"]

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from logitcache.kd.loss import KDParams, PreparedTargets, ghost_mass
+from logitcache.kd.base import KDParams, PreparedTargets, ghost_mass
 
 __all__ = ["PrecomputedGradKD", "chunked_rows", "default_chunk_size", "grad_dtype", "kd_chunk"]
 

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from logitcache.kd.base import KDParams, Mode, PreparedTargets, Reduction, check_logits, prepare_targets
 from logitcache.kd.chunked import default_chunk_size, grad_dtype, kd_chunk
-from logitcache.kd.loss import KDParams, Mode, PreparedTargets, Reduction, check_logits, prepare_targets
 
 __all__ = ["fused_linear_sparse_kd_loss"]
 

@@ -12,8 +12,9 @@ from dataclasses import asdict
 
 from torch import Tensor, nn
 
+from logitcache.kd.base import Impl, KDParams, Mode, Reduction
 from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
-from logitcache.kd.loss import Impl, KDParams, Mode, Reduction, sparse_kd_loss
+from logitcache.kd.loss import sparse_kd_loss
 
 __all__ = ["FusedLinearSparseKDLoss", "SparseKDLoss"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from logitcache.kd.loss import KDParams, PreparedTargets, ghost_mass
+from logitcache.kd.base import KDParams, PreparedTargets, ghost_mass
 
 __all__ = ["reference_rows"]
 

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from logitcache.kd.base import GHOST_FLOOR, KDParams, PreparedTargets
 from logitcache.kd.chunked import grad_dtype, run_rows
-from logitcache.kd.loss import GHOST_FLOOR, KDParams, PreparedTargets
 
 __all__ = ["triton_rows"]
 
