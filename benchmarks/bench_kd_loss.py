@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from logitcache.kd import fused_linear_sparse_kd_loss, sparse_kd_loss
+from logitcache.kd import KDParams, fused_linear_sparse_kd_loss, sparse_kd_loss
 
 LOGIT_VARIANTS = ("ce", "dense_kd", "sparse_kd", "sparse_kd_chunked")
 LINEAR_VARIANTS = ("fused_linear", "linear_plus_ce")
@@ -76,7 +76,8 @@ def _step(
             target = torch.zeros(args.n, args.vocab, device=device).scatter_(1, ids, probs)
             loss = F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="batchmean")
         else:
-            loss = sparse_kd_loss(logits, ids, probs, impl="chunked" if variant == "sparse_kd_chunked" else "auto")
+            params = KDParams(impl="chunked" if variant == "sparse_kd_chunked" else "auto")
+            loss = sparse_kd_loss(logits, ids, probs, params=params)
         loss.backward()
 
     return logit_step, [logits, ids, probs, labels]

@@ -48,7 +48,7 @@ from common import parser, save_figure, save_json
 from lm_corpus import Corpus, build_corpus, make_llama, random_windows
 from torch import Tensor
 
-from logitcache.kd import sparse_kd_loss
+from logitcache.kd import KDParams, sparse_kd_loss
 from logitcache.targets.sampling import sample_random, sample_topk
 
 NAME = "gradient_similarity"
@@ -183,7 +183,8 @@ def logit_grad(student_logits: Tensor, loss_fn: Any) -> Tensor:
 
 
 def sparse_loss(ids: Tensor, probs: Tensor) -> Any:
-    return lambda logits: sparse_kd_loss(logits, ids, probs, reduction="sum")
+    params = KDParams(reduction="sum")
+    return lambda logits: sparse_kd_loss(logits, ids, probs, params=params)
 
 
 def dense_kl(teacher_logits: Tensor) -> Any:

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM
 
 from logitcache.client import CacheClient
 from logitcache.core import records
-from logitcache.kd import sparse_kd_loss
+from logitcache.kd import KDParams, sparse_kd_loss
 from logitcache.kd.base import Mode
 from logitcache.kd.metrics import CalibrationAccumulator
 from logitcache.training import SparseKDBatch, SparseKDLoader
@@ -120,7 +120,11 @@ def _kd_loss(method: str, logits: Tensor, batch: SparseKDBatch, teacher: Any) ->
     mode: Mode = "ghost" if method == "topk12_ghost" else "naive_fix" if method == "naive_fix" else "kl"
     k = batch.target_ids.shape[-1]
     return sparse_kd_loss(
-        flat, batch.target_ids.reshape(-1, k), batch.target_probs.reshape(-1, k), labels=labels, mode=mode
+        flat,
+        batch.target_ids.reshape(-1, k),
+        batch.target_probs.reshape(-1, k),
+        labels=labels,
+        params=KDParams(mode=mode),
     )
 
 

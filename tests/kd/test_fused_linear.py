@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from logitcache.kd import fused_linear_sparse_kd_loss, sparse_kd_loss
+from logitcache.kd import KDParams, fused_linear_sparse_kd_loss, sparse_kd_loss
 from tests.kd.cases import make_case
+
+TENSORS = ("labels", "mask", "weights")
 
 
 def _grads(
@@ -23,14 +25,21 @@ def _grads(
     return loss.detach(), h.grad, w.grad
 
 
-def _unfused(h: torch.Tensor, w: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+def _split(kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """``(target_ids, target_probs, the labels / mask / weights, the KDParams options)``."""
     ids, probs = kwargs.pop("target_ids"), kwargs.pop("target_probs")
-    return sparse_kd_loss(h @ w.T, ids, probs, impl="reference", **kwargs)
+    tensors = {name: kwargs.pop(name) for name in TENSORS if name in kwargs}
+    return ids, probs, tensors, kwargs
+
+
+def _unfused(h: torch.Tensor, w: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    ids, probs, tensors, options = _split(kwargs)
+    return sparse_kd_loss(h @ w.T, ids, probs, **tensors, params=KDParams(impl="reference", **options))
 
 
 def _fused(h: torch.Tensor, w: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    ids, probs = kwargs.pop("target_ids"), kwargs.pop("target_probs")
-    return fused_linear_sparse_kd_loss(h, w, ids, probs, chunk_size=7, **kwargs)
+    ids, probs, tensors, options = _split(kwargs)
+    return fused_linear_sparse_kd_loss(h, w, ids, probs, **tensors, params=KDParams(chunk_size=7, **options))
 
 
 @pytest.mark.parametrize("mode", ["kl", "ghost", "naive_fix"])
@@ -91,6 +100,8 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match=r"weight: expected torch\.float32"):
         fused_linear_sparse_kd_loss(hidden, torch.randn(64, 16).bfloat16(), case.ids, case.probs)
     with pytest.raises(ValueError, match="reduction: expected 'mean' or 'sum'"):
-        fused_linear_sparse_kd_loss(hidden, torch.randn(64, 16), case.ids, case.probs, reduction="none")
+        fused_linear_sparse_kd_loss(
+            hidden, torch.randn(64, 16), case.ids, case.probs, params=KDParams(reduction="none")
+        )
     with pytest.raises(ValueError, match=r"target_ids: expected ids in \[0, V=32\)"):
         fused_linear_sparse_kd_loss(hidden, torch.randn(32, 16), case.ids, case.probs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from typing import Any
@@ -10,17 +11,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitcache.kd import sparse_kd_loss
+from logitcache.kd import KDParams, sparse_kd_loss
 from tests.kd.cases import Case, make_case
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 FAST_IMPLS = ["chunked", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton missing"))]
+OPTIONS = {field.name for field in dataclasses.fields(KDParams)}
+
+
+def _call(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """sparse_kd_loss with the KDParams fields among ``kwargs`` gathered into ``params``."""
+    options = {name: kwargs.pop(name) for name in OPTIONS & kwargs.keys()}
+    return sparse_kd_loss(*args, **kwargs, params=KDParams(**options))
 
 
 def _run(case: Case, impl: str, grad_scale: float = 1.0, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and d(loss · grad_scale)/d logits (with a per-row upstream gradient for 'none')."""
     logits = case.logits.detach().clone().requires_grad_()
-    loss = sparse_kd_loss(logits, case.ids, case.probs, impl=impl, **kwargs)  # type: ignore[arg-type]
+    loss = _call(logits, case.ids, case.probs, impl=impl, **kwargs)
     if loss.dim() == 0:
         (loss * grad_scale).backward()
     else:
@@ -126,7 +134,7 @@ def test_a_perfect_student_reads_zero(impl: str) -> None:
     ids = torch.arange(40).expand(6, -1).contiguous()
     probs = torch.softmax(y, dim=-1)
     logits = y.clone().requires_grad_()
-    loss = sparse_kd_loss(logits, ids, probs, impl=impl)  # type: ignore[arg-type]
+    loss = sparse_kd_loss(logits, ids, probs, params=KDParams(impl=impl))  # type: ignore[arg-type]
     loss.backward()
     assert logits.grad is not None
     assert abs(float(loss.detach())) < 1e-6
@@ -136,7 +144,8 @@ def test_a_perfect_student_reads_zero(impl: str) -> None:
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 def test_kl_value_is_the_true_kl(impl: str) -> None:
     case = make_case(10, 200, 8, seed=13)
-    loss = sparse_kd_loss(case.logits.detach(), case.ids, case.probs, impl=impl, reduction="none")  # type: ignore[arg-type]
+    params = KDParams(impl=impl, reduction="none")  # type: ignore[arg-type]
+    loss = sparse_kd_loss(case.logits.detach(), case.ids, case.probs, params=params)
     logp = torch.log_softmax(case.logits.detach().double(), dim=-1)
     t = case.probs.double()
     valid = case.ids >= 0
@@ -197,7 +206,8 @@ def test_dropped_positions_contribute_nothing(impl: str) -> None:
     torch.testing.assert_close(loss, loss2)
     kept = torch.ones(37, dtype=torch.bool)
     kept[[4, 7, 9]] = False
-    rows = sparse_kd_loss(case.logits.detach(), case.ids, case.probs, labels=labels, mask=mask, reduction="none")
+    params = KDParams(reduction="none")
+    rows = sparse_kd_loss(case.logits.detach(), case.ids, case.probs, labels=labels, mask=mask, params=params)
     torch.testing.assert_close(loss, rows[kept].mean())
 
 
@@ -217,7 +227,7 @@ def test_no_grad_needed_still_gives_the_loss() -> None:
 
 def test_backward_twice_is_refused() -> None:
     case = make_case(seed=20)
-    loss = sparse_kd_loss(case.logits, case.ids, case.probs, impl="chunked")
+    loss = sparse_kd_loss(case.logits, case.ids, case.probs, params=KDParams(impl="chunked"))
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
@@ -225,8 +235,9 @@ def test_backward_twice_is_refused() -> None:
 
 def test_int32_ids_and_fp16_probs_are_accepted() -> None:
     case = make_case(seed=21)
-    a = sparse_kd_loss(case.logits.detach(), case.ids.int(), case.probs.half(), mass_tolerance=1e-2)
-    b = sparse_kd_loss(case.logits.detach(), case.ids, case.probs.half().float(), mass_tolerance=1e-2)
+    params = KDParams(mass_tolerance=1e-2)
+    a = sparse_kd_loss(case.logits.detach(), case.ids.int(), case.probs.half(), params=params)
+    b = sparse_kd_loss(case.logits.detach(), case.ids, case.probs.half().float(), params=params)
     torch.testing.assert_close(a, b)
 
 
@@ -242,7 +253,7 @@ def _bad(match: str, **overrides: Any) -> None:
     }
     args.update(overrides)
     with pytest.raises(ValueError, match=match):
-        sparse_kd_loss(**args)
+        _call(**args)
 
 
 def test_bad_input_is_refused_with_the_argument_named() -> None:
@@ -330,10 +341,10 @@ def test_bf16_ghost_with_a_confident_student(impl: str) -> None:
 def test_fp16_logits_survive_loss_scaling(impl: str) -> None:
     case = make_case(64, 512, 8, seed=32)
     x = case.logits.detach().half().requires_grad_()
-    (sparse_kd_loss(x, case.ids, case.probs, impl=impl) * 65536.0).backward()  # type: ignore[arg-type]
+    (sparse_kd_loss(x, case.ids, case.probs, params=KDParams(impl=impl)) * 65536.0).backward()  # type: ignore[arg-type]
     assert x.grad is not None
     ref_x = case.logits.detach().half().requires_grad_()
-    (sparse_kd_loss(ref_x, case.ids, case.probs, impl="reference") * 65536.0).backward()
+    (sparse_kd_loss(ref_x, case.ids, case.probs, params=KDParams(impl="reference")) * 65536.0).backward()
     assert ref_x.grad is not None
     assert torch.isfinite(x.grad).all()
     torch.testing.assert_close(x.grad.float(), ref_x.grad.float(), rtol=2e-3, atol=1e-2)

@@ -26,6 +26,7 @@ __all__ = [
     "check_logits",
     "ghost_mass",
     "prepare_targets",
+    "resolve_params",
 ]
 
 Mode = Literal["kl", "ghost", "naive_fix"]
@@ -36,17 +37,20 @@ REDUCTIONS = ("mean", "sum", "none")
 IMPLS = ("auto", "reference", "chunked", "triton")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KDParams:
-    """Loss options. Validated on construction (``ValueError``)."""
+    """The sparse-KD loss options, the one place they are listed: every loss function and module
+    takes ``params: KDParams`` (``None`` = these defaults). Built by keyword only; validated on
+    construction (``ValueError``). What each option means: :mod:`logitcache.kd.loss`."""
 
     mode: Mode = "kl"  # "kl" | "ghost" | "naive_fix"
     ce_weight: float = 0.0  # α: loss = α·CE(labels) + (1 − α)·KD
     temperature: float = 1.0  # student softmax temperature τ for the KD term
     ignore_index: int = -100  # labels equal to this drop their position
-    reduction: Reduction = "mean"  # "mean" (weighted) | "sum" | "none"
+    reduction: Reduction = "mean"  # "mean" (weighted) | "sum" | "none" (not for the fused-linear loss)
     mass_tolerance: float = 1e-3  # a target row may sum to at most 1 + this
     chunk_size: int | None = None  # positions per chunk (chunked / fused-linear); None → auto
+    impl: Impl = "auto"  # "auto" (triton on CUDA, else chunked) | "reference" | "chunked" | "triton"; fused: chunked
 
     def __post_init__(self) -> None:
         for name in ("ce_weight", "temperature", "mass_tolerance"):
@@ -68,10 +72,21 @@ class KDParams:
             raise ValueError(f"mass_tolerance: expected >= 0, got {self.mass_tolerance}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {self.chunk_size}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl: expected one of {IMPLS}, got {self.impl!r}")
 
     @property
     def ghost(self) -> bool:
         return self.mode == "ghost"
+
+
+def resolve_params(params: KDParams | None) -> KDParams:
+    """``params``, or the defaults for ``None``; ``TypeError`` for anything else."""
+    if params is None:
+        return KDParams()
+    if not isinstance(params, KDParams):
+        raise TypeError(f"params: expected a KDParams or None, got {type(params).__name__}")
+    return params
 
 
 GHOST_FLOOR = 1e-6

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from logitcache.kd.base import KDParams, Mode, PreparedTargets, Reduction, check_logits, prepare_targets
+from logitcache.kd.base import KDParams, PreparedTargets, check_logits, prepare_targets, resolve_params
 from logitcache.kd.chunked import default_chunk_size, grad_dtype, kd_chunk
 
-__all__ = ["fused_linear_sparse_kd_loss"]
+__all__ = ["check_fused_params", "fused_linear_sparse_kd_loss"]
 
 
 def _fused_compute(
@@ -90,6 +90,17 @@ class _FusedLinearSparseKD(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+def check_fused_params(params: KDParams) -> None:
+    """What the fused-linear loss adds to :class:`~logitcache.kd.base.KDParams`'s own checks: a
+    reduced loss (its backward only scales the stored gradients) and its one implementation."""
+    if params.reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum' for the fused-linear loss, got {params.reduction!r}")
+    if params.impl not in ("auto", "chunked"):
+        raise ValueError(
+            f"impl: expected 'auto' or 'chunked' for the fused-linear loss (it has one), got {params.impl!r}"
+        )
+
+
 def fused_linear_sparse_kd_loss(
     hidden: Tensor,  # [N, H]
     weight: Tensor,  # [V, H] (the LM head, no bias)
@@ -99,29 +110,15 @@ def fused_linear_sparse_kd_loss(
     labels: Tensor | None = None,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
-    mode: Mode = "kl",
-    ce_weight: float = 0.0,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    mass_tolerance: float = 1e-3,
+    params: KDParams | None = None,  # the options; None = the defaults
 ) -> Tensor:
-    """:func:`~logitcache.kd.loss.sparse_kd_loss` of ``hidden @ weight.T``, chunked over positions.
+    """:func:`~logitcache.kd.loss.sparse_kd_loss` of ``hidden @ weight.T``, chunked over positions,
+    with the options of :class:`~logitcache.kd.base.KDParams`.
 
     Gradients flow to ``hidden`` and ``weight``. ``reduction`` is ``"mean"`` or ``"sum"``.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected 'mean' or 'sum' for the fused-linear loss, got {reduction!r}")
-    params = KDParams(
-        mode=mode,
-        ce_weight=ce_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        mass_tolerance=mass_tolerance,
-        chunk_size=chunk_size,
-    )
+    params = resolve_params(params)
+    check_fused_params(params)
     check_logits(hidden, "hidden")
     check_logits(weight, "weight")
     if weight.shape[1] != hidden.shape[1]:

@@ -7,7 +7,10 @@ and a sparse target of ``K`` entries ``(id_k, t_k)``:
     ∂/∂z = (Σ_k t_k)·s − scatter(t)           with z = x/τ     (paper A.1, eq. 2)
 
 so only a logsumexp over the vocabulary and a gather of ``K`` entries are needed: no dense
-``[N, V]`` target is ever built. Modes (``mode=``):
+``[N, V]`` target is ever built. The options below are the fields of
+:class:`~logitcache.kd.base.KDParams`, passed as ``params=KDParams(mode="ghost", ...)``.
+
+Modes (``mode``):
 
 * ``"kl"``: the target as given. Random-sampling targets sum to 1; plain top-k targets sum to
   less, which is exactly the up-scaling bias the paper describes (eq. 2).
@@ -32,7 +35,7 @@ not ghost mass: random-sampling targets then give exactly the ``"kl"`` loss.
 over kept positions (0 when none is kept), ``"sum"`` is ``Σ w·L``, ``"none"`` gives ``w·L`` per
 position.
 
-Implementations (``impl=``), all computing the same thing:
+Implementations (``impl``), all computing the same thing:
 
 * ``"reference"``: dense torch autograd, for tests (builds ``[N, V]`` tensors);
 * ``"chunked"`` (default on CPU): an ``autograd.Function`` that walks positions in chunks and
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from logitcache.kd.base import IMPLS, Impl, KDParams, Mode, Reduction, check_logits, prepare_targets
+from logitcache.kd.base import KDParams, check_logits, prepare_targets, resolve_params
 from logitcache.kd.chunked import chunked_rows
 from logitcache.kd.reference import reference_rows
 
@@ -61,34 +64,19 @@ def sparse_kd_loss(
     labels: Tensor | None = None,  # [N]
     mask: Tensor | None = None,  # [N] bool, True = keep
     weights: Tensor | None = None,  # [N] per-position weights
-    mode: Mode = "kl",
-    ce_weight: float = 0.0,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: Reduction = "mean",
-    impl: Impl = "auto",
-    chunk_size: int | None = None,
-    mass_tolerance: float = 1e-3,
+    params: KDParams | None = None,  # the options (mode, ce_weight, ..., impl); None = the defaults
 ) -> Tensor:
-    """Sparse-KD loss of student ``logits`` against padded sparse targets (see the module docstring).
+    """Sparse-KD loss of student ``logits`` against padded sparse targets (see the module docstring),
+    with the options of :class:`~logitcache.kd.base.KDParams`.
 
     Returns a scalar (``"mean"``, ``"sum"``) or ``[N]`` (``"none"``) float32 tensor; gradients flow
     to ``logits`` only. ``impl="auto"`` picks ``"triton"`` on CUDA and ``"chunked"`` elsewhere.
     """
-    params = KDParams(
-        mode=mode,
-        ce_weight=ce_weight,
-        temperature=temperature,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        mass_tolerance=mass_tolerance,
-        chunk_size=chunk_size,
-    )
+    params = resolve_params(params)
     check_logits(logits, "logits")
     shape = (logits.shape[0], logits.shape[1])
     prepared = prepare_targets(shape, logits.device, target_ids, target_probs, params, labels, mask, weights)
-    if impl not in IMPLS:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    impl = params.impl
     if impl == "auto":
         impl = "triton" if logits.is_cuda else "chunked"
     if impl == "reference":

@@ -2,42 +2,28 @@
 
 Example::
 
-    loss_fn = SparseKDLoss(mode="kl", ce_weight=0.1)
+    loss_fn = SparseKDLoss(params=KDParams(mode="kl", ce_weight=0.1))
     loss = loss_fn(logits.view(-1, V), target_ids, target_probs, labels=labels.view(-1))
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from torch import Tensor, nn
 
-from logitcache.kd.base import Impl, KDParams, Mode, Reduction
-from logitcache.kd.fused_linear import fused_linear_sparse_kd_loss
+from logitcache.kd.base import KDParams, resolve_params
+from logitcache.kd.fused_linear import check_fused_params, fused_linear_sparse_kd_loss
 from logitcache.kd.loss import sparse_kd_loss
 
 __all__ = ["FusedLinearSparseKDLoss", "SparseKDLoss"]
 
 
 class SparseKDLoss(nn.Module):
-    """:func:`~logitcache.kd.loss.sparse_kd_loss` with its options fixed at construction."""
+    """:func:`~logitcache.kd.loss.sparse_kd_loss` with its options (a :class:`~logitcache.kd.base.KDParams`)
+    fixed at construction."""
 
-    def __init__(
-        self,
-        *,
-        mode: Mode = "kl",
-        ce_weight: float = 0.0,
-        temperature: float = 1.0,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-        impl: Impl = "auto",
-        chunk_size: int | None = None,
-        mass_tolerance: float = 1e-3,
-    ) -> None:
+    def __init__(self, *, params: KDParams | None = None) -> None:
         super().__init__()
-        # validates now, not at the first batch
-        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, mass_tolerance, chunk_size)
-        self.impl: Impl = impl
+        self.params = resolve_params(params)
 
     def forward(
         self,
@@ -49,36 +35,25 @@ class SparseKDLoss(nn.Module):
         weights: Tensor | None = None,  # [N]
     ) -> Tensor:
         return sparse_kd_loss(
-            logits, target_ids, target_probs, labels=labels, mask=mask, weights=weights, impl=self.impl,
-            **asdict(self.params),
-        )  # fmt: skip
+            logits, target_ids, target_probs, labels=labels, mask=mask, weights=weights, params=self.params
+        )
 
     def extra_repr(self) -> str:
         p = self.params
-        return f"mode={p.mode!r}, ce_weight={p.ce_weight}, temperature={p.temperature}, impl={self.impl!r}"
+        return f"mode={p.mode!r}, ce_weight={p.ce_weight}, temperature={p.temperature}, impl={p.impl!r}"
 
 
 class FusedLinearSparseKDLoss(nn.Module):
-    """:func:`~logitcache.kd.fused_linear.fused_linear_sparse_kd_loss` as a module.
+    """:func:`~logitcache.kd.fused_linear.fused_linear_sparse_kd_loss` as a module, its options (a
+    :class:`~logitcache.kd.base.KDParams`) fixed and checked at construction.
 
     ``forward(hidden [N, H], lm_head_weight [V, H], target_ids, target_probs, ...)``.
     """
 
-    def __init__(
-        self,
-        *,
-        mode: Mode = "kl",
-        ce_weight: float = 0.0,
-        temperature: float = 1.0,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-        chunk_size: int | None = None,
-        mass_tolerance: float = 1e-3,
-    ) -> None:
+    def __init__(self, *, params: KDParams | None = None) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction: expected 'mean' or 'sum' for the fused-linear loss, got {reduction!r}")
-        self.params = KDParams(mode, ce_weight, temperature, ignore_index, reduction, mass_tolerance, chunk_size)
+        self.params = resolve_params(params)
+        check_fused_params(self.params)  # now, not at the first batch
 
     def forward(
         self,
@@ -91,9 +66,15 @@ class FusedLinearSparseKDLoss(nn.Module):
         weights: Tensor | None = None,
     ) -> Tensor:
         return fused_linear_sparse_kd_loss(
-            hidden, lm_head_weight, target_ids, target_probs, labels=labels, mask=mask, weights=weights,
-            **asdict(self.params),
-        )  # fmt: skip
+            hidden,
+            lm_head_weight,
+            target_ids,
+            target_probs,
+            labels=labels,
+            mask=mask,
+            weights=weights,
+            params=self.params,
+        )
 
     def extra_repr(self) -> str:
         p = self.params
