@@ -33,7 +33,7 @@ class SamplerConfig:
     temperature: float = 1.0  # proposal temperature t: q ∝ p^t (random methods only)
     k: int = 12  # top-k: entries kept per position
     top_p: float | None = None  # top-k only: also stop once this much mass is kept
-    chunk_size: int | None = None  # positions per chunk; None → targets.sampling.default_chunk_size(V)
+    chunk_size: int | None = None  # positions per chunk; None → logitcache.chunks.default_chunk_size(V)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

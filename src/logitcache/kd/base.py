@@ -49,7 +49,7 @@ class KDParams:
     ignore_index: int = -100  # labels equal to this drop their position
     reduction: Reduction = "mean"  # "mean" (weighted) | "sum" | "none" (not for the fused-linear loss)
     mass_tolerance: float = 1e-3  # a target row may sum to at most 1 + this
-    chunk_size: int | None = None  # positions per chunk (chunked / fused-linear); None → auto
+    chunk_size: int | None = None  # positions per chunk (chunked / fused-linear); None → kd.chunked.chunk_positions
     impl: Impl = "auto"  # "auto" (triton on CUDA, else chunked) | "reference" | "chunked" | "triton"; fused: chunked
 
     def __post_init__(self) -> None:

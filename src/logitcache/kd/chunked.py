@@ -31,16 +31,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from logitcache.chunks import default_chunk_size
 from logitcache.kd.base import KDParams, PreparedTargets, ghost_mass
 
-__all__ = ["PrecomputedGradKD", "chunked_rows", "default_chunk_size", "grad_dtype", "kd_chunk"]
+__all__ = ["PrecomputedGradKD", "chunk_positions", "chunked_rows", "grad_dtype", "kd_chunk"]
 
 Compute = Callable[[Tensor, PreparedTargets, KDParams, bool], tuple[Tensor, Tensor | None]]
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk: about 32 MiB of fp32 scratch per ``[chunk, V]`` buffer."""
-    return max(1, min(4096, (1 << 23) // max(1, vocab_size)))
+def chunk_positions(params: KDParams, vocab_size: int) -> int:
+    """Positions per :func:`kd_chunk` call: ``params.chunk_size``, else the shared budget split over
+    the four fp32 ``[chunk, V]`` buffers a chunk can hold, at most 4096 (see :mod:`logitcache.chunks`)."""
+    return params.chunk_size or default_chunk_size(vocab_size, buffers=4, max_positions=4096)
 
 
 def grad_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,7 +119,7 @@ def _chunked_compute(
     n, vocab = logits.shape
     grad = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device) if need_grad else None
     rows = torch.empty(n, dtype=torch.float32, device=logits.device)
-    step = params.chunk_size or default_chunk_size(vocab)
+    step = chunk_positions(params, vocab)
     for start in range(0, n, step):
         end = min(n, start + step)
         rows[start:end] = kd_chunk(

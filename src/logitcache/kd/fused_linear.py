@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitcache.kd.base import KDParams, PreparedTargets, check_logits, prepare_targets, resolve_params
-from logitcache.kd.chunked import default_chunk_size, grad_dtype, kd_chunk
+from logitcache.kd.chunked import chunk_positions, grad_dtype, kd_chunk
 
 __all__ = ["check_fused_params", "fused_linear_sparse_kd_loss"]
 
@@ -39,7 +39,7 @@ def _fused_compute(
     weight_g = weight.float() if wide else weight
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-    step = params.chunk_size or default_chunk_size(vocab)
+    step = chunk_positions(params, vocab)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_chunk: Tensor | None = None
     for start in range(0, n, step):

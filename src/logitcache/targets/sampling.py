@@ -56,17 +56,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from logitcache.chunks import default_chunk_size
 from logitcache.core.config import MAX_VOCAB_SIZE, SamplerConfig
 from logitcache.targets.sparse import SparseTargets
 
-__all__ = ["default_chunk_size", "sample", "sample_random", "sample_topk"]
-
-_CHUNK_ELEMENTS = 1 << 25  # default budget: 32 Mi fp32 values (128 MiB) per chunk
-
-
-def default_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk so that one fp32 ``[chunk, V]`` buffer stays near 128 MiB."""
-    return max(1, _CHUNK_ELEMENTS // max(1, vocab_size))
+__all__ = ["sample", "sample_random", "sample_topk"]
 
 
 def sample(logits: Tensor, config: SamplerConfig, generator: torch.Generator | None = None) -> SparseTargets:
