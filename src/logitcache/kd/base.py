@@ -109,6 +109,15 @@ class PreparedTargets:
     labels: Tensor  # [N] int64, always a valid index (0 where absent or ignored)
     row_weight: Tensor  # [N] float32: keep · weight / denominator (0 for dropped positions)
 
+    def rows(self, start: int, end: int) -> PreparedTargets:
+        """Positions ``start:end`` (views, no copies)."""
+        return PreparedTargets(
+            ids=self.ids[start:end],
+            probs=self.probs[start:end],
+            labels=self.labels[start:end],
+            row_weight=self.row_weight[start:end],
+        )
+
 
 def prepare_targets(
     logits_shape: tuple[int, int],
@@ -134,9 +143,8 @@ def prepare_targets(
         raise ValueError(f"target_ids: expected int64 or int32, got {target_ids.dtype}")
     if not target_probs.is_floating_point():
         raise ValueError(f"target_probs: expected a floating dtype, got {target_probs.dtype}")
-    for name, tensor in (("target_ids", target_ids), ("target_probs", target_probs)):
-        if tensor.device != device:
-            raise ValueError(f"{name}: expected device {device} (the logits'), got {tensor.device}")
+    _check_device("target_ids", target_ids, device)
+    _check_device("target_probs", target_probs, device)
     ids = target_ids.long()
     probs = target_probs.detach().float()
     pad = ids == -1
@@ -166,8 +174,7 @@ def prepare_targets(
         if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
             got = list(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels: expected an int64 tensor of shape [N={n}], got {got}")
-        if labels.device != device:
-            raise ValueError(f"labels: expected device {device} (the logits'), got {labels.device}")
+        _check_device("labels", labels, device)
         ignored = labels == params.ignore_index
         if bool(((labels < 0) | (labels >= vocab))[~ignored].any()):
             raise ValueError(f"labels: expected ids in [0, V={vocab}) or ignore_index={params.ignore_index}")
@@ -179,8 +186,7 @@ def prepare_targets(
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.shape != (n,) or mask.dtype != torch.bool:
             raise ValueError(f"mask: expected a bool tensor of shape [N={n}], got {getattr(mask, 'shape', mask)}")
-        if mask.device != device:
-            raise ValueError(f"mask: expected device {device} (the logits'), got {mask.device}")
+        _check_device("mask", mask, device)
         keep &= mask
     if params.mode == "naive_fix":
         ids, probs = _naive_fix(ids, probs, safe_labels)
@@ -193,8 +199,7 @@ def prepare_targets(
             raise ValueError(
                 f"weights: expected a float tensor of shape [N={n}], got {getattr(weights, 'shape', weights)}"
             )
-        if weights.device != device:
-            raise ValueError(f"weights: expected device {device} (the logits'), got {weights.device}")
+        _check_device("weights", weights, device)
         w = weights.detach().float()
         if bool((~torch.isfinite(w) | (w < 0)).any()):
             raise ValueError("weights: expected finite non-negative numbers, got a negative, inf or NaN weight")
@@ -202,6 +207,11 @@ def prepare_targets(
     if params.reduction == "mean":
         row_weight = row_weight / row_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
     return PreparedTargets(ids=ids, probs=torch.where(pad, 0.0, probs), labels=safe_labels, row_weight=row_weight)
+
+
+def _check_device(name: str, tensor: Tensor, device: torch.device) -> None:
+    if tensor.device != device:
+        raise ValueError(f"{name}: expected device {device} (the logits'), got {tensor.device}")
 
 
 def _naive_fix(ids: Tensor, probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from logitcache.chunks import default_chunk_size
 from logitcache.kd.base import KDParams, PreparedTargets, ghost_mass
 
-__all__ = ["PrecomputedGradKD", "chunk_positions", "chunked_rows", "grad_dtype", "kd_chunk"]
+__all__ = ["PrecomputedGradKD", "chunk_positions", "chunked_rows", "empty_grad", "kd_chunk"]
 
 Compute = Callable[[Tensor, PreparedTargets, KDParams, bool], tuple[Tensor, Tensor | None]]
 
@@ -45,21 +45,20 @@ def chunk_positions(params: KDParams, vocab_size: int) -> int:
     return params.chunk_size or default_chunk_size(vocab_size, buffers=4, max_positions=4096)
 
 
-def grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the gradient is stored in: fp32 for fp16 (range), else the logits' own."""
-    return torch.float32 if dtype == torch.float16 else dtype
+def empty_grad(logits: Tensor) -> Tensor:
+    """An uninitialised buffer for ``∂L/∂logits``: fp32 for fp16 logits (range), else their own dtype."""
+    dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+    return torch.empty(logits.shape, dtype=dtype, device=logits.device)
 
 
 def kd_chunk(
     logits: Tensor,  # [c, V] fp32 / bf16 / fp16
-    ids: Tensor,  # [c, K] int64, -1 = padding; unique within a row
-    probs: Tensor,  # [c, K] fp32, 0 at padding
-    labels: Tensor,  # [c] int64 (valid indices)
-    row_weight: Tensor,  # [c] fp32, 0 = dropped
+    targets: PreparedTargets,  # the chunk's c positions (PreparedTargets.rows)
     params: KDParams,
-    grad_out: Tensor | None,  # [c, V] in grad_dtype(logits.dtype), or None for the loss only
+    grad_out: Tensor | None,  # [c, V] from empty_grad(logits), or None for the loss only
 ) -> Tensor:
     """Loss per position ``[c]`` (already times ``row_weight``); writes ``∂L/∂logits`` into ``grad_out``."""
+    ids, probs, labels, row_weight = targets.ids, targets.probs, targets.labels, targets.row_weight
     inv_t = 1.0 / params.temperature
     alpha = params.ce_weight
     z = logits.float()
@@ -73,6 +72,7 @@ def kd_chunk(
     total = probs.sum(dim=1)
     kd = torch.xlogy(probs, probs).sum(dim=1) - torch.where(valid, probs * logp_k, 0.0).sum(dim=1)
     q = None
+    ghost_t = None
     if params.ghost:
         ghost_t = ghost_mass(total)
         k_count = torch.zeros(logp.shape, dtype=torch.uint8, device=logp.device)
@@ -99,8 +99,8 @@ def kd_chunk(
     if alpha > 0 and logp_ce is logp:
         coef = coef + row_weight * alpha  # s_τ = s_1: both terms scale the same softmax
     grad = logp.exp_().mul_(coef[:, None])
-    if q is not None:
-        grad.sub_(q.mul_((kd_scale * ghost_mass(total))[:, None]))
+    if q is not None and ghost_t is not None:
+        grad.sub_(q.mul_((kd_scale * ghost_t)[:, None]))
     if alpha > 0 and logp_ce is not logp and logp_ce is not None:
         grad.add_(logp_ce.exp_().mul_((row_weight * alpha)[:, None]))
     grad.scatter_add_(1, safe, torch.where(valid, -probs * kd_scale[:, None], 0.0))
@@ -117,19 +117,13 @@ def _chunked_compute(
     logits: Tensor, prepared: PreparedTargets, params: KDParams, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     n, vocab = logits.shape
-    grad = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device) if need_grad else None
+    grad = empty_grad(logits) if need_grad else None
     rows = torch.empty(n, dtype=torch.float32, device=logits.device)
     step = chunk_positions(params, vocab)
     for start in range(0, n, step):
         end = min(n, start + step)
         rows[start:end] = kd_chunk(
-            logits[start:end],
-            prepared.ids[start:end],
-            prepared.probs[start:end],
-            prepared.labels[start:end],
-            prepared.row_weight[start:end],
-            params,
-            None if grad is None else grad[start:end],
+            logits[start:end], prepared.rows(start, end), params, None if grad is None else grad[start:end]
         )
     return rows, grad
 

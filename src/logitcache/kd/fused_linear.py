@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from logitcache.kd.base import KDParams, PreparedTargets, check_logits, prepare_targets, resolve_params
-from logitcache.kd.chunked import chunk_positions, grad_dtype, kd_chunk
+from logitcache.kd.chunked import chunk_positions, empty_grad, kd_chunk
 
 __all__ = ["check_fused_params", "fused_linear_sparse_kd_loss"]
 
@@ -47,16 +47,8 @@ def _fused_compute(
         h = hidden[start:end]
         logits = h @ weight.T  # [c, V]
         if need_grad and (grad_chunk is None or grad_chunk.shape[0] != end - start):
-            grad_chunk = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device)
-        rows = kd_chunk(
-            logits,
-            prepared.ids[start:end],
-            prepared.probs[start:end],
-            prepared.labels[start:end],
-            prepared.row_weight[start:end],
-            params,
-            grad_chunk if need_grad else None,
-        )
+            grad_chunk = empty_grad(logits)
+        rows = kd_chunk(logits, prepared.rows(start, end), params, grad_chunk if need_grad else None)
         total += rows.sum()
         del logits
         if grad_chunk is not None:

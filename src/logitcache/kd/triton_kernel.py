@@ -27,7 +27,7 @@ import triton.language as tl
 from torch import Tensor
 
 from logitcache.kd.base import GHOST_FLOOR, KDParams, PreparedTargets
-from logitcache.kd.chunked import grad_dtype, run_rows
+from logitcache.kd.chunked import empty_grad, run_rows
 
 __all__ = ["triton_rows"]
 
@@ -160,7 +160,7 @@ def _triton_compute(
     probs = prepared.probs.contiguous()
     k = ids.shape[1]
     rows = torch.empty(n, dtype=torch.float32, device=logits.device)
-    grad = torch.empty(logits.shape, dtype=grad_dtype(logits.dtype), device=logits.device) if need_grad else None
+    grad = empty_grad(logits) if need_grad else None
     if n == 0:
         return rows, grad
     has_ce = params.ce_weight > 0
