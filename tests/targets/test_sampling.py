@@ -293,3 +293,17 @@ def test_systematic_points_that_round_up_never_reach_a_masked_last_token() -> No
 def test_top_p_of_one_keeps_all_k() -> None:
     logits = torch.tensor([[10.0, -10.0, -12.0, -14.0]])
     assert sample_topk(logits, 4, top_p=1.0).num_entries == 4
+
+
+def test_positions_are_the_same_targets_as_the_rows_they_cover() -> None:
+    gen = torch.Generator().manual_seed(5)
+    for targets in (
+        sample_random(lm_like_logits(12, 300, generator=gen), 20, generator=gen),
+        sample_topk(lm_like_logits(12, 300, generator=gen), 4),
+    ):
+        ids, probs = targets.to_padded(width=20)
+        part = targets.positions(3, 9)
+        assert part.num_positions == 6
+        part_ids, part_probs = part.to_padded(width=20)
+        torch.testing.assert_close(part_ids, ids[3:9])
+        torch.testing.assert_close(part_probs, probs[3:9])

@@ -142,6 +142,17 @@ class SparseTargets:
             weights=None if self.weights is None else fn(self.weights),
         )
 
+    def positions(self, start: int, end: int) -> SparseTargets:
+        """Positions ``[start, end)`` as targets of their own (views of these tensors; offsets rebased)."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[end])
+        return dataclasses.replace(
+            self,
+            token_ids=self.token_ids[lo:hi],
+            values=self.values[lo:hi],
+            offsets=self.offsets[start : end + 1] - lo,
+            weights=None if self.weights is None else self.weights[lo:hi],
+        )
+
     def to(self, device: torch.device | str) -> SparseTargets:
         """The same targets with every tensor on ``device``."""
         return self.apply(lambda t: t.to(device))

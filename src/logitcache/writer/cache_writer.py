@@ -372,25 +372,12 @@ class CacheWriter:
         for event in work.ready:
             event.synchronize()
         targets = work.targets
-        offsets = targets.offsets.numpy()
         input_ids = work.input_ids.numpy()  # the ready event covers this copy too (same stream, earlier)
         t = input_ids.shape[1]
         batches: list[_Batch] = []
         current = _Batch([], 0, 0)
         for i, seq in enumerate(work.seq_ids):
-            lo, hi = int(offsets[i * t]), int(offsets[(i + 1) * t])
-            one = SparseTargets(
-                kind=targets.kind,
-                vocab_size=targets.vocab_size,
-                token_ids=targets.token_ids[lo:hi],
-                values=targets.values[lo:hi],
-                offsets=torch.from_numpy(offsets[i * t : (i + 1) * t + 1] - lo),
-                weights=None if targets.weights is None else targets.weights[lo:hi],
-                rounds=targets.rounds,
-                k=targets.k,
-                temperature=targets.temperature,
-                top_p=targets.top_p,
-            )
+            one = targets.positions(i * t, (i + 1) * t)
             data = records.encode(input_ids[i], one, dense=self.dense, topk_value_bits=self.topk_value_bits)
             if current.records and (
                 len(current.records) == self.batch_records or current.nbytes + len(data) > _BATCH_BYTES
@@ -543,17 +530,4 @@ def _pinned_copy(x: Tensor) -> Tensor:
 
 def _to_pinned_host(targets: SparseTargets) -> SparseTargets:
     """Start non-blocking copies of ``targets`` into pinned host memory (complete once an event fires)."""
-    host = _pinned_copy
-
-    return SparseTargets(
-        kind=targets.kind,
-        vocab_size=targets.vocab_size,
-        token_ids=host(targets.token_ids),
-        values=host(targets.values),
-        offsets=host(targets.offsets),
-        weights=None if targets.weights is None else host(targets.weights),
-        rounds=targets.rounds,
-        k=targets.k,
-        temperature=targets.temperature,
-        top_p=targets.top_p,
-    )
+    return targets.apply(_pinned_copy)
