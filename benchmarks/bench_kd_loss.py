@@ -8,7 +8,12 @@ target entries per position):
   ``kl_div`` on ``log_softmax``;
 * ``sparse_kd`` — :func:`logitcache.kd.sparse_kd_loss` with the device default (chunked on the
   CPU, Triton on CUDA); on CUDA also ``sparse_kd_chunked``;
-* ``fused_linear`` vs ``linear_plus_ce`` — from hidden states ``[N, H]`` and an LM head ``[V, H]``.
+* ``fused_linear`` vs ``linear_plus_ce`` — from hidden states ``[N, H]`` and an LM head ``[V, H]``;
+  on CUDA, where they are installed, two peers of the fused form: Liger-Kernel's
+  ``LigerFusedLinearJSD`` (online distillation: the teacher's hidden states and head as well, the
+  cost an offline cache removes) and Cut Cross-Entropy's ``linear_cross_entropy`` (CE only).
+
+On CUDA the tensors are bf16 (``--dtype``), as a training step would have them; on the CPU fp32.
 
 Peak memory is measured honestly on the CPU: each variant runs in its own subprocess, which
 reports its peak resident set size (``ru_maxrss``) above the RSS it had once its inputs existed.
@@ -36,6 +41,10 @@ from logitcache.kd import KDParams, fused_linear_sparse_kd_loss, sparse_kd_loss
 
 LOGIT_VARIANTS = ("ce", "dense_kd", "sparse_kd", "sparse_kd_chunked")
 LINEAR_VARIANTS = ("fused_linear", "linear_plus_ce")
+PEER_VARIANTS = {  # CUDA only, where the package imports
+    "liger_fused_linear_jsd": "liger_kernel.transformers",
+    "cce_linear_ce": "cut_cross_entropy",
+}
 
 
 def _targets(n: int, vocab: int, k: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -50,22 +59,26 @@ def _step(
     variant: str, args: argparse.Namespace, device: torch.device
 ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, args.dtype)
     ids, probs, labels = _targets(args.n, args.vocab, args.k, device, gen)
-    if variant in LINEAR_VARIANTS:
-        hidden = torch.randn(args.n, args.hidden, generator=gen).to(device).requires_grad_()
-        weight = torch.randn(args.vocab, args.hidden, generator=gen).to(device)
+    if variant in LINEAR_VARIANTS or variant in PEER_VARIANTS:
+        hidden = torch.randn(args.n, args.hidden, generator=gen).to(device, dtype).requires_grad_()
+        weight = torch.randn(args.vocab, args.hidden, generator=gen).to(device, dtype)
         weight.mul_(args.hidden**-0.5).requires_grad_()  # in place: no temporary inflates the peak
+        peer = _peer(variant, args, device, dtype, gen) if variant in PEER_VARIANTS else None
 
         def linear_step() -> None:
             hidden.grad = weight.grad = None
-            if variant == "fused_linear":
+            if peer is not None:
+                loss = peer(hidden, weight, labels)
+            elif variant == "fused_linear":
                 loss = fused_linear_sparse_kd_loss(hidden, weight, ids, probs)
             else:
                 loss = F.cross_entropy(hidden @ weight.T, labels)
             loss.backward()
 
         return linear_step, [hidden, weight, ids, probs, labels]
-    logits = torch.randn(args.n, args.vocab, generator=gen).to(device)
+    logits = torch.randn(args.n, args.vocab, generator=gen).to(device, dtype)
     logits.mul_(2.0).requires_grad_()  # in place: no temporary inflates the peak
 
     def logit_step() -> None:
@@ -81,6 +94,29 @@ def _step(
         loss.backward()
 
     return logit_step, [logits, ids, probs, labels]
+
+
+def _peer(
+    variant: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, gen: torch.Generator
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The peer's loss from (student hidden, student head, labels)."""
+    if variant == "liger_fused_linear_jsd":
+        from liger_kernel.transformers import LigerFusedLinearJSD
+
+        teacher_hidden = torch.randn(args.n, args.hidden, generator=gen).to(device, dtype)
+        teacher_weight = torch.randn(args.vocab, args.hidden, generator=gen).to(device, dtype)
+        teacher_weight.mul_(args.hidden**-0.5)
+        jsd = LigerFusedLinearJSD()
+        return lambda h, w, labels: jsd(h, w, teacher_hidden, teacher_weight)
+    from cut_cross_entropy import linear_cross_entropy
+
+    return lambda h, w, labels: linear_cross_entropy(h, w, labels)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module.split(".")[0]) is not None
 
 
 def _sync(device: torch.device) -> None:
@@ -129,20 +165,33 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048 if cuda else 256, help="hidden size H (fused linear)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--dtype", default="bfloat16" if cuda else "float32", help="logits / hidden / head dtype")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args)))
         return
     variants = [v for v in LOGIT_VARIANTS if args.device == "cuda" or v != "sparse_kd_chunked"] + list(LINEAR_VARIANTS)
+    skipped: dict[str, str] = {}
+    if args.device == "cuda":
+        for variant, module in PEER_VARIANTS.items():
+            if _installed(module):
+                variants.append(variant)
+            else:
+                skipped[variant] = f"{module.split('.')[0]} is not installed"
     results: dict[str, dict[str, float]] = {}
     for variant in variants:
         if args.device == "cuda":
-            results[variant] = run_variant(variant, args)
+            try:
+                results[variant] = run_variant(variant, args)
+            except Exception as exc:  # a peer that installed but does not run here: say so, keep the rest
+                if variant not in PEER_VARIANTS:
+                    raise
+                skipped[variant] = f"{type(exc).__name__}: {exc}"[:200]
             torch.cuda.empty_cache()
             continue
         cmd = [sys.executable, __file__, "--variant", variant]
-        for name in ("n", "vocab", "k", "hidden", "repeats", "device"):
+        for name in ("n", "vocab", "k", "hidden", "repeats", "device", "dtype"):
             cmd += [f"--{name}", str(getattr(args, name))]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -155,6 +204,7 @@ def main() -> None:
         "vocab": args.vocab,
         "k": args.k,
         "hidden": args.hidden,
+        "dtype": args.dtype,
         "torch_threads": torch.get_num_threads(),
         "ms_ce": round(ce["ms"], 2),
         "ms_sparse_kd": round(sparse["ms"], 2),
@@ -173,6 +223,12 @@ def main() -> None:
     if "sparse_kd_chunked" in results:
         summary["ms_sparse_kd_chunked"] = round(results["sparse_kd_chunked"]["ms"], 2)
         summary["peak_mb_sparse_kd_chunked"] = round(results["sparse_kd_chunked"]["peak_mb"], 1)
+    for variant in PEER_VARIANTS:
+        if variant in results:
+            summary[f"ms_{variant}"] = round(results[variant]["ms"], 2)
+            summary[f"peak_mb_{variant}"] = round(results[variant]["peak_mb"], 1)
+    if skipped:
+        summary["skipped"] = skipped
     print(json.dumps(summary))
 
 

@@ -6,7 +6,9 @@
    (``logitcache serve``) on this machine.
 2. Loader: ``SparseKDLoader`` (shuffled order, batch 8, prefetch thread, CPU tensors) delivers one
    epoch to a consumer that does nothing. Baseline: the raw ``Read`` stream of the same records as
-   bytes (one range request). Each is timed ``--repeats`` times; the best run counts.
+   bytes (one range request). Each is timed ``--repeats`` times; the best run counts. With a GPU
+   also into CUDA tensors: records decoded on the host then copied (pinned, side stream), and
+   ``device_decode=True`` (packed bytes copied, decoded on the GPU by ``decode_torch``).
 3. Writer: ``CacheWriter.write`` on teacher logits ``[B, T, V]`` (CPU) against ``sample()`` alone on
    the same logits, interleaved call by call. ``writer_overhead_vs_sampling`` is the median time of
    a ``write`` call on the caller's thread divided by the median time of sampling alone (medians:
@@ -99,6 +101,21 @@ def main() -> None:
 
             raw_s = _best(args.repeats, raw)
             load_s = _best(args.repeats, load)
+            cuda: dict[str, float] = {}
+            if torch.cuda.is_available():
+                for name, device_decode in (("host_decode", False), ("device_decode", True)):
+                    on_gpu = SparseKDLoader(
+                        client, [0], batch_size=args.batch_size, seed=0, device="cuda", device_decode=device_decode
+                    )
+
+                    def load_cuda(on_gpu: SparseKDLoader = on_gpu) -> float:
+                        started = time.perf_counter()
+                        got = sum(batch.num_positions for batch in on_gpu)
+                        torch.cuda.synchronize()
+                        assert got == positions
+                        return time.perf_counter() - started
+
+                    cuda[name] = _best(args.repeats, load_cuda)
 
             # the writer: time in write() against sampling alone, same logits
             b, t, v = args.writer_batch, args.writer_seq_len, args.vocab_size
@@ -145,6 +162,11 @@ def main() -> None:
         "writer_overhead_vs_sampling_total": round(sum(write_times) / sampling_s, 3),
         "torch_threads": torch.get_num_threads(),
     }
+    if cuda:
+        result["device"] = torch.cuda.get_device_name()
+        result["loader_cuda_positions_per_s"] = round(positions / cuda["host_decode"])
+        result["loader_cuda_device_decode_positions_per_s"] = round(positions / cuda["device_decode"])
+        result["ratio_device_decode_vs_host_decode"] = round(cuda["host_decode"] / cuda["device_decode"], 3)
     print(json.dumps(result))
 
 

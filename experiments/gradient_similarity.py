@@ -1,15 +1,16 @@
-"""How close is a sparse-KD gradient to the full-KD gradient? (the paper's Table 3, on a tiny LM)
+"""How close is a sparse-KD gradient to the full-KD gradient? (the paper's Table 3, on a real teacher)
 
-A small Llama teacher and a smaller Llama student are trained briefly with cross-entropy on the
-offline stdlib corpus (``lm_corpus.py``). Then, for the same student and the same held-fixed batch
-of positions, the gradient of the KD loss with respect to *all the student's parameters* is taken
-with each kind of teacher target:
+The teacher is SmolLM2-135M-Instruct (``lm_corpus``: GGUF, V = 49152), used as it is; the student
+is a small Llama with the teacher's tokenizer, trained briefly with cross-entropy on the Python
+documentation corpus. Then, for the same student and the same positions, the gradient of the KD
+loss with respect to *all the student's parameters* is taken with each kind of teacher target:
 
 * full KD (the reference): dense forward KL ``KL(p_teacher || p_student)``;
 * top-k 12 / 50 / 300: the k most probable teacher tokens, renormalised to sum to 1 (the targets
   as a top-k cache would hand them to the loss);
 * random sampling (RS) with about 12 unique tokens per position: ``N`` draws from the teacher,
-  ``N`` chosen so that the mean number of unique tokens is ≈ 12, multinomial and systematic.
+  ``N`` tuned on this teacher so that the mean number of unique tokens is ≈ 12, multinomial and
+  systematic.
 
 The sparse losses go through ``logitcache.targets.sampling`` and ``logitcache.kd.sparse_kd_loss``
 (``reduction="sum"`` then divided by the number of positions), exactly as training would use them.
@@ -22,10 +23,11 @@ that averages out over positions; its angle should shrink roughly as ``1/sqrt(po
 targets are biased (the tail is cut and the head inflated), and a bias does not average out: its
 angle levels off at a floor. The paper measured at ~1M tokens.
 
-Gradients of a mean over ``P`` positions are accumulated chunk by chunk (one student forward per
-chunk, one backward per method from the logits' gradient), so large ``P`` fits in memory; the
-positions for size ``P`` are the first ``P`` of the largest size, identical for every method.
-Everything is averaged over several seeds (fresh batches and fresh sampling draws).
+Gradients are accumulated chunk by chunk (one student forward per chunk, one backward per method
+from the logits' gradient), so large sizes fit in memory. Each seed streams ``max(sizes)`` fresh
+positions; for a size ``P`` the stream is cut into consecutive blocks of ``P`` positions and every
+block's gradient is one sample, so the small sizes are averaged over many blocks and every size
+over the seeds.
 
     python experiments/gradient_similarity.py [--smoke] [--out DIR] [--seed N]
 """
@@ -35,24 +37,21 @@ from __future__ import annotations
 import json
 import math
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from common import parser, save_figure, save_json
-from lm_corpus import Corpus, build_corpus, make_llama, random_windows
+from lm_corpus import RSMethod, build_corpus, make_llama, random_windows, teacher_for, tune_rounds
 from torch import Tensor
 
 from logitcache.kd import KDParams, sparse_kd_loss
 from logitcache.targets.sampling import sample_random, sample_topk
 
 NAME = "gradient_similarity"
-RSMethod = Literal["multinomial", "systematic"]
 
 # The paper's Table 3 (gradient w.r.t. the student's parameters vs full KD, ~1M tokens).
 PAPER_TABLE3 = {
@@ -64,7 +63,7 @@ PAPER_TABLE3 = {
 
 
 @dataclass(frozen=True)
-class ModelShape:
+class StudentShape:
     hidden: int
     layers: int
     heads: int
@@ -75,46 +74,43 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Config:
-    vocab_size: int
-    max_bytes: int | None  # corpus size cap (None: the whole stdlib)
+    max_bytes: int | None  # corpus size cap (None: all of it)
     seq_len: int
-    teacher: ModelShape
-    student: ModelShape
+    student: StudentShape
     sizes: tuple[int, ...]  # positions per gradient, ascending, each a multiple of chunk
     chunk: int  # positions per student forward (a multiple of seq_len)
-    seeds: int  # repeats (batches and sampling draws) the angles are averaged over
+    seeds: int  # independent position streams (and sampling draws)
     topk: tuple[int, ...]  # top-k baselines
     target_unique: float  # mean unique tokens per position the RS rounds are tuned to
+    calib_positions: int  # teacher positions the rounds are tuned on (not used for the gradients)
 
 
 FULL = Config(
-    vocab_size=4096,
     max_bytes=None,
     seq_len=128,
-    teacher=ModelShape(hidden=128, layers=4, heads=4, steps=200, batch=16, lr=3e-3),
-    student=ModelShape(hidden=64, layers=2, heads=4, steps=100, batch=16, lr=3e-3),
-    sizes=(1024, 4096, 16384, 65536),
+    student=StudentShape(hidden=128, layers=2, heads=4, steps=150, batch=16, lr=3e-3),
+    sizes=(1024, 4096, 16384, 65536, 262144),
     chunk=1024,
-    seeds=3,
-    topk=(12, 50, 300),
-    target_unique=12.0,
-)
-
-SMOKE = Config(
-    vocab_size=512,
-    max_bytes=300_000,
-    seq_len=64,
-    teacher=ModelShape(hidden=32, layers=2, heads=2, steps=40, batch=8, lr=1e-2),
-    student=ModelShape(hidden=16, layers=1, heads=2, steps=30, batch=8, lr=1e-2),
-    sizes=(256, 1024, 4096),
-    chunk=256,
     seeds=2,
     topk=(12, 50, 300),
     target_unique=12.0,
+    calib_positions=4096,
+)
+
+SMOKE = Config(
+    max_bytes=300_000,
+    seq_len=64,
+    student=StudentShape(hidden=16, layers=1, heads=2, steps=20, batch=8, lr=1e-2),
+    sizes=(256, 1024, 2048),
+    chunk=256,
+    seeds=1,
+    topk=(12, 50, 300),
+    target_unique=12.0,
+    calib_positions=1024,
 )
 
 
-def train_lm(model: Any, tokens: np.ndarray, shape: ModelShape, seq_len: int, rng: np.random.Generator) -> float:
+def train_lm(model: Any, tokens: np.ndarray, shape: StudentShape, seq_len: int, rng: np.random.Generator) -> float:
     """Cross-entropy training on random windows; returns the mean loss of the last 10% of steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=shape.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, shape.steps // 10)
@@ -152,27 +148,6 @@ def val_loss(model: Any, tokens: np.ndarray, seq_len: int, rng: np.random.Genera
     return float(np.mean(losses))
 
 
-def mean_unique(teacher_logits: Tensor, rounds: int, method: RSMethod, seed: int) -> float:
-    generator = torch.Generator().manual_seed(seed)
-    targets = sample_random(teacher_logits, rounds, method=method, generator=generator)
-    return float(targets.entry_counts().float().mean())
-
-
-def tune_rounds(teacher_logits: Tensor, method: RSMethod, target: float, seed: int) -> int:
-    """The ``N`` whose mean unique-token count on ``teacher_logits [P, V]`` is closest to ``target``."""
-    lo, hi = 1, 2
-    while mean_unique(teacher_logits, hi, method, seed) < target and hi < 65535:
-        lo, hi = hi, min(2 * hi, 65535)
-    while hi - lo > 1:  # invariant: unique(lo) < target <= unique(hi) (lo = 1 may also reach it)
-        mid = (lo + hi) // 2
-        if mean_unique(teacher_logits, mid, method, seed) < target:
-            lo = mid
-        else:
-            hi = mid
-    below, above = mean_unique(teacher_logits, lo, method, seed), mean_unique(teacher_logits, hi, method, seed)
-    return lo if abs(below - target) < abs(above - target) else hi
-
-
 def logit_grad(student_logits: Tensor, loss_fn: Any) -> Tensor:
     """``d loss / d logits`` for a loss of the (detached) student logits ``[P, V]``."""
     leaf = student_logits.detach().requires_grad_(True)
@@ -199,19 +174,22 @@ def run_seed(
     tokens: np.ndarray,
     rounds: dict[RSMethod, int],
     seed: tuple[int, int],
-) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
-    """Angles (degrees) and norm ratios vs full KD at every size in ``cfg.sizes``, for one seed.
+) -> tuple[dict[str, list[list[float]]], dict[str, list[list[float]]], dict[str, float]]:
+    """One stream of ``max(cfg.sizes)`` positions: per size, the angle (degrees) and norm ratio vs
+    full KD of every block of that size (``[method][size index] -> one value per block``).
 
-    Also returns the mean entries per position of each sparse method over all positions.
+    Also returns the mean entries per position of each sparse method over the stream.
     """
     rng = np.random.default_rng(list(seed))
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
     params = [p for p in student.parameters() if p.requires_grad]
+    numel = sum(p.numel() for p in params)
     methods = ["full", *(f"topk_{k}" for k in cfg.topk), *(f"rs_{m}" for m in rounds)]
-    sums = {m: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64) for m in methods}
+    # the running gradient sum of the current block of each size, per method
+    blocks = {size: {m: torch.zeros(numel, dtype=torch.float64) for m in methods} for size in cfg.sizes}
     entries = dict.fromkeys(methods[1:], 0.0)
-    angles: dict[str, list[float]] = {m: [] for m in methods[1:]}
-    norms: dict[str, list[float]] = {m: [] for m in methods[1:]}
+    angles: dict[str, list[list[float]]] = {m: [[] for _ in cfg.sizes] for m in methods[1:]}
+    norms: dict[str, list[list[float]]] = {m: [[] for _ in cfg.sizes] for m in methods[1:]}
     seqs = cfg.chunk // cfg.seq_len
     done = 0
     while done < cfg.sizes[-1]:
@@ -231,18 +209,27 @@ def run_seed(
             ids, probs = drawn.to_padded()
             grads[f"rs_{method}"] = logit_grad(s_logits, sparse_loss(ids, probs))
             entries[f"rs_{method}"] += float(drawn.entry_counts().sum())
+        del t_logits
         for i, m in enumerate(methods):  # backprop each logit gradient through the student
             param_grads = torch.autograd.grad(
                 s_logits, params, grad_outputs=grads[m], retain_graph=i < len(methods) - 1
             )
-            sums[m] += torch.cat([g.reshape(-1) for g in param_grads]).double()
+            flat = torch.cat([g.reshape(-1) for g in param_grads]).double()
+            for size in cfg.sizes:
+                blocks[size][m] += flat
+        del grads, s_logits
         done += cfg.chunk
-        if done in cfg.sizes:  # the gradient of the mean over `done` positions is sums / done
-            ref = sums["full"]
+        for j, size in enumerate(cfg.sizes):
+            if done % size:
+                continue
+            ref = blocks[size]["full"]  # a block done: the gradient of its mean is the sum / size
             for m in methods[1:]:
-                cos = float(torch.dot(sums[m], ref) / (sums[m].norm() * ref.norm()))
-                angles[m].append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
-                norms[m].append(float(sums[m].norm() / ref.norm()))
+                got = blocks[size][m]
+                cos = float(torch.dot(got, ref) / (got.norm() * ref.norm()))
+                angles[m][j].append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+                norms[m][j].append(float(got.norm() / ref.norm()))
+            for acc in blocks[size].values():
+                acc.zero_()
     return angles, norms, {m: v / done for m, v in entries.items()}
 
 
@@ -290,15 +277,15 @@ def plot(result: dict[str, Any]) -> Any:
     ax_n.grid(True, which="both", alpha=0.3)
     ax_a.legend(fontsize=8)
     fig.suptitle(
-        f"Student-parameter gradient vs full KD, mean ± std over {result['setup']['seeds']} seeds "
-        f"(V = {result['setup']['vocab_size']})",
+        f"Student-parameter gradient vs full KD, teacher {result['setup']['teacher']} "
+        f"(mean ± std over blocks of each size, {result['setup']['seeds']} streams)",
         fontsize=10,
     )
     fig.tight_layout()
     return fig
 
 
-def describe(model: Any, shape: ModelShape, loss: float, val: float) -> dict[str, Any]:
+def describe(model: Any, shape: StudentShape, loss: float, val: float) -> dict[str, Any]:
     return {
         **asdict(shape),
         "params": sum(p.numel() for p in model.parameters()),
@@ -312,58 +299,51 @@ def main() -> None:
     cfg = SMOKE if args.smoke else FULL
     if any(size % cfg.chunk for size in cfg.sizes) or cfg.chunk % cfg.seq_len:
         raise ValueError(f"sizes {cfg.sizes} must be multiples of chunk {cfg.chunk}, itself of seq_len {cfg.seq_len}")
-    torch.set_num_threads(1)  # the CPUs are shared: oversubscribed threads cost far more than they give
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gradsim-corpus-") as tmp:
-        # the full corpus is shared with the other LM experiments; the smoke one is throwaway
-        corpus_dir = Path(tmp) if args.smoke else args.out.resolve().parent / ".cache" / "lm_corpus"
-        corpus: Corpus = build_corpus(corpus_dir, vocab_size=cfg.vocab_size, max_bytes=cfg.max_bytes)
-        train, val = np.array(corpus.tokens("train")), np.array(corpus.tokens("val"))
-    if corpus.vocab_size != cfg.vocab_size:
-        raise RuntimeError(f"corpus at {corpus_dir}: expected vocab {cfg.vocab_size}, got {corpus.vocab_size}")
+    work = args.out / ".work" / (f"{NAME}_smoke" if args.smoke else NAME)
+    teacher_spec = teacher_for(args.smoke, work)
+    corpus = build_corpus(work / "corpus", teacher_spec.tokenizer(), max_bytes=cfg.max_bytes)
+    train, val = np.array(corpus.tokens("train")), np.array(corpus.tokens("val"))
+    teacher = teacher_spec.model()
+    vocab = int(teacher.config.vocab_size)
     rng = np.random.default_rng(args.seed)
-    models = {}
-    for role, shape, offset in (("teacher", cfg.teacher, 0), ("student", cfg.student, 1)):
-        model = make_llama(
-            corpus.vocab_size,
-            hidden=shape.hidden,
-            layers=shape.layers,
-            heads=shape.heads,
-            seq_len=cfg.seq_len,
-            seed=args.seed + offset,
-        )
-        loss = train_lm(model, train, shape, cfg.seq_len, rng)
-        models[role] = (model, describe(model, shape, loss, val_loss(model, val, cfg.seq_len, rng)))
-        log(f"{role}: {models[role][1]}", start)
-    teacher, student = models["teacher"][0], models["student"][0]
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    shape = cfg.student
+    student = make_llama(
+        vocab, hidden=shape.hidden, layers=shape.layers, heads=shape.heads, seq_len=cfg.seq_len, seed=args.seed + 1
+    )
+    loss = train_lm(student, train, shape, cfg.seq_len, rng)
+    student_info = describe(student, shape, loss, val_loss(student, val, cfg.seq_len, rng))
+    log(f"teacher {teacher_spec.name}; student {student_info}", start)
     trained = time.perf_counter()
 
     # tune N on a calibration batch of teacher distributions (positions not used below)
     with torch.no_grad():
-        calib = random_windows(train, cfg.seq_len, max(1, 8192 // cfg.seq_len), rng)[:, :-1]
-        calib_logits = torch.cat(
-            [teacher(part).logits.reshape(-1, corpus.vocab_size).float() for part in calib.split(16)]
-        )
+        calib = random_windows(train, cfg.seq_len, max(1, cfg.calib_positions // cfg.seq_len), rng)[:, :-1]
+        calib_logits = torch.cat([teacher(part).logits.reshape(-1, vocab).float() for part in calib.split(8)])
     methods: tuple[RSMethod, ...] = ("multinomial", "systematic")
     rounds = {m: tune_rounds(calib_logits, m, cfg.target_unique, args.seed) for m in methods}
     probs = calib_logits.softmax(dim=-1)
     entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean())
     sorted_probs = probs.sort(dim=-1, descending=True).values
     topk_mass = {str(k): round(float(sorted_probs[:, :k].sum(-1).mean()), 4) for k in cfg.topk}
+    del calib_logits, probs, sorted_probs
+    log(f"rounds for ≈{cfg.target_unique} unique ids: {rounds}; top-k mass {topk_mass}", start)
 
     per_seed: list[dict[str, Any]] = []
     for s in range(cfg.seeds):
         angles, norms, entries = run_seed(cfg, teacher, student, train, rounds, (args.seed, s))
         per_seed.append({"angle_deg": angles, "norm_ratio": norms, "entries_per_position": entries})
-        last = {m: round(a[-1], 2) for m, a in angles.items()}
+        last = {m: round(a[-1][0], 2) for m, a in angles.items()}
         log(f"seed {s}: angles (degrees) at {cfg.sizes[-1]} positions {last}", start)
     names = list(per_seed[0]["angle_deg"])
 
     def stats(key: str, m: str) -> dict[str, list[float]]:
-        values = np.array([r[key][m] for r in per_seed])  # [seeds, sizes]
-        return {"mean": np.round(values.mean(0), 4).tolist(), "std": np.round(values.std(0), 4).tolist()}
+        per_size = [[v for r in per_seed for v in r[key][m][j]] for j in range(len(cfg.sizes))]
+        return {
+            "mean": [round(float(np.mean(v)), 4) for v in per_size],
+            "std": [round(float(np.std(v)), 4) for v in per_size],
+            "samples": [len(v) for v in per_size],
+        }
 
     sizes = list(cfg.sizes)
     angle = {m: stats("angle_deg", m) for m in names}
@@ -376,12 +356,13 @@ def main() -> None:
         "smoke": args.smoke,
         "seed": args.seed,
         "setup": {
+            "teacher": teacher_spec.name,
+            "teacher_params": sum(p.numel() for p in teacher.parameters()),
             "corpus": corpus.description,
-            "vocab_size": corpus.vocab_size,
+            "vocab_size": vocab,
             "seq_len": cfg.seq_len,
-            "teacher": models["teacher"][1],
-            "student": models["student"][1],
-            "training": "both models: AdamW, cross-entropy on random train windows, from random init",
+            "student": student_info,
+            "training": "student: AdamW, cross-entropy on random train windows, from random init; teacher as shipped",
             "seeds": cfg.seeds,
             "chunk_positions": cfg.chunk,
             "rs_rounds": rounds,

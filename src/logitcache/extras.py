@@ -2,7 +2,8 @@
 
 The base install is the server and the thin client (no torch). The torch side (samplers, the
 loss, the writer, the loader, the demo) needs ``logitcache[torch]``; the teacher command needs
-``logitcache[teacher]`` (torch and transformers); the server's ``--tokenizer`` needs
+``logitcache[teacher]`` (torch and transformers), and ``logitcache[gguf]`` to load a GGUF
+checkpoint (``--gguf-file``); the server's ``--tokenizer`` needs
 ``logitcache[tokenizer]``. The extras themselves are listed in ``pyproject.toml``.
 """
 

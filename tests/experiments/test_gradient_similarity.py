@@ -11,7 +11,7 @@ METHODS = ("topk_12", "topk_50", "topk_300", "rs_multinomial", "rs_systematic")
 
 
 def test_gradient_similarity_smoke(tmp_path: Path) -> None:
-    summary = run_script("experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path), timeout=240)
+    summary = run_script("experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path), timeout=600)
     assert summary["experiment"] == "gradient_similarity"
     assert summary["smoke"] is True
     assert (tmp_path / "gradient_similarity.png").stat().st_size > 0
@@ -37,6 +37,9 @@ def test_gradient_similarity_smoke(tmp_path: Path) -> None:
         # sampling noise averages out over positions, top-k 12's bias does not
         assert angle[rs][-1] < angle["topk_12"][-1], (rs, angle)
         assert angle[rs][-1] < angle[rs][0] / 2, (rs, angle[rs])
-    # RS's norm ratio tends to 1 (unbiased); top-k 12's stays inflated
-    assert abs(result["norm_ratio"]["rs_multinomial"]["mean"][-1] - 1.0) < 0.2
-    assert result["norm_ratio"]["topk_12"]["mean"][-1] > 1.2
+    # RS's norm ratio tends to 1 (unbiased); top-k's stays inflated, the more the smaller k
+    # (1.23 / 1.13 / 1.06 against RS's 1.005 in a smoke run on the real teacher)
+    norm = {m: result["norm_ratio"][m]["mean"][-1] for m in METHODS}
+    assert abs(norm["rs_multinomial"] - 1.0) < 0.1
+    assert norm["topk_12"] > 1.1
+    assert norm["topk_12"] > norm["topk_50"] > norm["topk_300"] > norm["rs_multinomial"]

@@ -1,4 +1,10 @@
-"""Shared builders for the KD tests: student logits and padded sparse targets of either kind."""
+"""Shared builders for the KD tests: student logits and padded sparse targets of either kind.
+
+Every KD test runs on ``DEVICE``: the GPU when there is one (where ``impl="triton"`` runs natively),
+else the CPU (where Triton runs in interpreter mode, see ``tests/conftest.py``). ``conftest.py``
+makes it torch's default device for these tests; random tensors come from :func:`generator`,
+seeded with fixed integers.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,13 @@ import torch
 from torch import Tensor
 
 from logitcache.targets.sampling import sample_random, sample_topk
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generator(seed: int) -> torch.Generator:
+    """A generator on ``DEVICE`` seeded with ``seed`` (a fixed integer: the same case in every process)."""
+    return torch.Generator(DEVICE).manual_seed(seed)
 
 
 @dataclass
@@ -29,7 +42,7 @@ def make_case(
     scale: float = 2.0,
 ) -> Case:
     """Random student logits and targets sampled from a random teacher (padded to ``k``)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     teacher = torch.randn(n, vocab, generator=gen) * scale
     if kind == "topk":
         ids, probs = sample_topk(teacher, k).to_padded(width=k)

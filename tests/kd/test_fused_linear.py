@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from logitcache.kd import KDParams, fused_linear_sparse_kd_loss, sparse_kd_loss
-from tests.kd.cases import make_case
+from tests.kd.cases import generator, make_case
 
 TENSORS = ("labels", "mask", "weights")
 
@@ -47,7 +47,7 @@ def _fused(h: torch.Tensor, w: torch.Tensor, **kwargs: Any) -> torch.Tensor:
 @pytest.mark.parametrize("temperature", [1.0, 1.5])
 def test_matches_logits_from_a_matmul(mode: str, reduction: str, temperature: float) -> None:
     case = make_case(29, 301, 9, kind="topk", seed=3, empty_rows=(2,))
-    gen = torch.Generator().manual_seed(4)
+    gen = generator(4)
     hidden = torch.randn(29, 48, generator=gen)
     weight = torch.randn(301, 48, generator=gen) / 6
     labels = case.labels.clone()
@@ -70,7 +70,7 @@ def test_matches_logits_from_a_matmul(mode: str, reduction: str, temperature: fl
 
 def test_bf16_inputs() -> None:
     case = make_case(16, 257, 5, kind="topk", seed=5)
-    gen = torch.Generator().manual_seed(6)
+    gen = generator(6)
     hidden = torch.randn(16, 32, generator=gen).bfloat16()
     weight = (torch.randn(257, 32, generator=gen) / 4).bfloat16()
     kwargs = {"target_ids": case.ids, "target_probs": case.probs}

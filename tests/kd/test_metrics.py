@@ -15,6 +15,7 @@ from logitcache.kd.metrics import (
     sparse_argmax,
     top1_agreement,
 )
+from tests.kd.cases import generator
 
 
 def _ece_reference(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
@@ -36,7 +37,7 @@ def _ece_reference(logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> f
 
 
 def test_ece_matches_the_reference_and_streams() -> None:
-    gen = torch.Generator().manual_seed(0)
+    gen = generator(0)
     logits = torch.randn(500, 20, generator=gen) * 3
     labels = torch.randint(0, 20, (500,), generator=gen)
     expected = _ece_reference(logits, labels, 15)
@@ -49,7 +50,7 @@ def test_ece_matches_the_reference_and_streams() -> None:
 
 
 def test_ece_of_a_calibrated_and_an_overconfident_model() -> None:
-    gen = torch.Generator().manual_seed(1)
+    gen = generator(1)
     logits = torch.randn(20000, 10, generator=gen)
     labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)  # calibrated by construction
     assert expected_calibration_error(logits, labels) < 0.02
@@ -78,7 +79,7 @@ def test_top1_agreement_and_sparse_argmax() -> None:
 
 
 def test_lm_loss_is_mean_cross_entropy() -> None:
-    gen = torch.Generator().manual_seed(2)
+    gen = generator(2)
     logits = torch.randn(3000, 50, generator=gen)
     labels = torch.randint(0, 50, (3000,), generator=gen)
     assert lm_loss(logits, labels) == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-6)

@@ -70,7 +70,7 @@ def test_reproducible_with_a_generator(method: str) -> None:
     assert not (torch.equal(a.token_ids, c.token_ids) and torch.equal(a.values, c.values))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("method", RANDOM_METHODS)
 def test_sampling_on_cuda(method: str) -> None:
     gen = torch.Generator("cuda").manual_seed(0)

@@ -140,6 +140,26 @@ def test_batches_hold_the_records_targets_padded(
     torch.testing.assert_close(batches[0].target_probs.sum(-1), torch.ones(4, SEQ_LEN))
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_device_decode_gives_the_same_batches(
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]], normalize: bool
+) -> None:
+    """``device_decode`` unpacks the records with decode_torch (here on the CPU; on the GPU in
+    tests/training/test_cuda_loader.py): the batches are exactly the host decoder's."""
+    _, client, _ = served
+    host = list(SparseKDLoader(client, [0, 5], batch_size=4, seed=3, normalize=normalize))
+    torch_side = list(
+        SparseKDLoader(client, [0, 5], batch_size=4, seed=3, normalize=normalize, device="cpu", device_decode=True)
+    )
+    assert len(host) == len(torch_side) == 11
+    for a, b in zip(host, torch_side, strict=True):
+        for name, tensor in a._tensors().items():
+            assert torch.equal(tensor, getattr(b, name)), name
+        assert a.input_hashes == b.input_hashes
+    with pytest.raises(ValueError, match="device_decode: expected a device"):
+        SparseKDLoader(client, [0], batch_size=4, device_decode=True)
+
+
 def test_a_batch_feeds_sparse_kd_loss(served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]) -> None:
     _, client, _ = served
     batch = next(iter(SparseKDLoader(client, [0], batch_size=2)))
@@ -257,6 +277,44 @@ def test_records_of_different_lengths_are_padded_and_masked(tmp_path: Path) -> N
         assert (batch.labels[0, 4:] == -100).all()
         assert (batch.target_ids[0, 5:] == -1).all()
         assert batch.num_positions == 14
+
+
+# A fixed teacher with a head and a thin tail, sampled with a tempered proposal at few rounds: the
+# normalised target's O(1/N) bias is then many standard errors wide, so the test can tell them apart.
+_TEACHER = torch.tensor([0.40, 0.20, 0.12, 0.08, 0.06, 0.05, 0.04, 0.02, 0.015, 0.005], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("temperature", [0.8, 1.25])
+def test_normalize_false_hands_out_the_exactly_unbiased_target(tmp_path: Path, temperature: float) -> None:
+    rounds, seqs, seq_len = 4, 100, 200  # 20 000 positions of the same teacher
+    vocab = _TEACHER.numel()
+    gen = torch.Generator().manual_seed(5)
+    logits = _TEACHER.log().float().expand(seq_len, -1).contiguous()
+    manifest = ShardManifest(vocab_size=vocab, method="sampled", rounds=rounds, temperature=temperature)
+    with running_server(tmp_path) as (_, client):
+        client.create_shard(0, manifest)
+        for seq in range(seqs):
+            targets = sample_random(logits, rounds, temperature=temperature, generator=gen)
+            client.write(0, [(seq, records.encode(torch.zeros(seq_len, dtype=torch.int64), targets))])
+
+        def targets_of(normalize: bool) -> torch.Tensor:
+            """Every position's dense target ``[positions, V]``, as the loader hands it out."""
+            rows = []
+            for batch in SparseKDLoader(client, [0], batch_size=25, normalize=normalize):
+                ids, probs = batch.target_ids.flatten(0, 1), batch.target_probs.flatten(0, 1).double()
+                dense = torch.zeros(ids.shape[0], vocab, dtype=torch.float64)
+                rows.append(dense.scatter_add_(1, ids.clamp_min(0), torch.where(ids >= 0, probs, 0.0)))
+            return torch.cat(rows)
+
+        unbiased, normalised = targets_of(False), targets_of(True)
+    for dense in (unbiased, normalised):
+        assert dense.shape == (seqs * seq_len, vocab)
+    z = (unbiased.mean(0) - _TEACHER) / (unbiased.var(0) / unbiased.shape[0]).sqrt()
+    assert z.abs().max() < 5, z  # E[count·w / N] = p, to within the sampler's own noise
+    assert (unbiased.sum(1) - 1).abs().max() > 0.05  # ... though single rows do not sum to 1
+    z = (normalised.mean(0) - _TEACHER) / (normalised.var(0) / normalised.shape[0]).sqrt()
+    assert z.abs().max() > 8, z  # the self-normalised target's bias at N = 4 stands out of that noise
+    torch.testing.assert_close(normalised.sum(1), torch.ones(seqs * seq_len, dtype=torch.float64))
 
 
 def test_an_error_in_the_prefetch_thread_reaches_the_loop(tmp_path: Path) -> None:

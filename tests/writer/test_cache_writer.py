@@ -117,8 +117,11 @@ def test_backpressure_blocks_write_and_bounds_pending_records(tmp_path: Path) ->
 
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
-        time.sleep(2.0)
-        assert producer.is_alive()  # write() blocks: the queue is full and nothing is acked
+        deadline = time.monotonic() + 60
+        while writer.stats().blocked_writes == 0:  # write() blocks: the queue is full and nothing is acked
+            assert producer.is_alive(), "write() returned every time: no backpressure"
+            assert time.monotonic() < deadline, "write() never blocked on backpressure"
+            producer.join(timeout=0.05)
         # at most: 3 batches of 2 records in flight, 2 calls of 2 queued, 1 call being packed, 1 blocked
         assert calls <= 6
         assert writer.stats().pending_records <= 2 * (3 + 2 + 1 + 1)

@@ -61,12 +61,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
     """The ``teacher`` flags (defined here, so that ``--help`` imports neither torch nor transformers)."""
-    parser.add_argument("--model", type=Path, required=True, help="a local Hugging Face causal LM directory")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", type=Path, help="a local Hugging Face causal LM directory")
+    model.add_argument("--gguf-file", type=Path, help="or a GGUF checkpoint (dequantised on load; its tokenizer too)")
     parser.add_argument("--data", type=Path, required=True, help="corpus: .bin (nanoGPT), .npy or .jsonl")
     parser.add_argument("--seq-len", type=int, default=1024, help="positions per sequence T (default 1024)")
     parser.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="uint16", help=".bin element type")
     parser.add_argument("--text-key", default="text", help=".jsonl: the field holding the text")
-    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: --model)")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the model's own)")
     parser.add_argument(
         "--server", action="append", help="cache server host:port; repeat for a cluster (default 127.0.0.1:50051)"
     )
@@ -82,7 +84,9 @@ def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     parser.add_argument("--limit", type=int, help="use only the first N sequences of the corpus")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (rank r uses seed + r)")
-    parser.add_argument("--teacher-name", help="the manifest's teacher (default: the model directory's name)")
+    parser.add_argument(
+        "--teacher-name", help="the manifest's teacher (default: the model directory's or GGUF file's name)"
+    )
     parser.add_argument("--seal", action="store_true", help="seal the shard when every sequence is stored")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

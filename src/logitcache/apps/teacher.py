@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from logitcache.apps.corpus import load_sequences, tokenizer_fingerprint
 from logitcache.client import CacheClient, NotFoundError
 from logitcache.core.config import SamplerConfig
 from logitcache.core.manifest import ShardManifest
+from logitcache.extras import require
 from logitcache.writer.cache_writer import CacheWriter
 
 __all__ = ["TeacherSummary", "run"]
@@ -52,22 +52,33 @@ class TeacherSummary:
     bytes_per_position: float
 
 
-def _load_tokenizer(path: Path) -> Any | None:
+def _pretrained(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained``'s folder and keywords for ``--model DIR`` or ``--gguf-file FILE``."""
+    if args.gguf_file is None:
+        return str(args.model), {}
+    for module in ("gguf", "accelerate"):  # transformers needs both to load a GGUF checkpoint
+        require(module, extra="gguf", by="logitcache teacher --gguf-file")
+    if not args.gguf_file.is_file():
+        raise FileNotFoundError(f"--gguf-file {args.gguf_file}: no such file")
+    return str(args.gguf_file.parent), {"gguf_file": args.gguf_file.name}
+
+
+def _load_tokenizer(args: argparse.Namespace) -> Any | None:
     from transformers import AutoTokenizer
 
+    folder, kwargs = (str(args.tokenizer), {}) if args.tokenizer else _pretrained(args)
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
-        log.warning("no tokenizer at %s (%s): the manifest gets no tokenizer fingerprint", path, exc)
+        log.warning("no tokenizer at %s (%s): the manifest gets no tokenizer fingerprint", folder, exc)
         return None
 
 
 def run(args: argparse.Namespace) -> TeacherSummary:
     """Run the teacher as ``args`` (the ``teacher`` flags of :mod:`logitcache.apps.cli`) say; raise on any failure."""
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError as exc:  # an optional dependency
-        raise RuntimeError("logitcache teacher needs transformers: pip install 'logitcache[teacher]'") from exc
+    require("transformers", extra="teacher", by="logitcache teacher")
+    from transformers import AutoModelForCausalLM
+
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK, WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE, got {rank}, {world_size}")
@@ -87,7 +98,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
         method=args.sampler, rounds=args.rounds, temperature=args.temperature, k=args.top_k, top_p=args.top_p
     )
 
-    tokenizer = _load_tokenizer(args.tokenizer or args.model)
+    tokenizer = _load_tokenizer(args)
     sequences = load_sequences(
         args.data, args.seq_len, tokenizer=tokenizer, token_dtype=args.token_dtype, text_key=args.text_key
     )
@@ -95,7 +106,8 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     lo, hi = rank * total // world_size, (rank + 1) * total // world_size
     shard = args.shard + rank
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=dtype)
+    folder, kwargs = _pretrained(args)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     model = model.to(device).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
     if hi > lo:
@@ -107,7 +119,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
         sampler,
         vocab,
         seq_len=args.seq_len,
-        teacher=args.teacher_name or args.model.resolve().name,
+        teacher=args.teacher_name or (args.model.resolve().name if args.gguf_file is None else args.gguf_file.stem),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
     )
     client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
@@ -192,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         summary = run(args)
-    except (CacheError, RuntimeError) as exc:  # refused, unreachable; transformers missing
+    except (CacheError, ImportError, RuntimeError) as exc:  # refused, unreachable, writer failed; an extra missing
         print(f"logitcache teacher: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:  # a corpus, model or argument problem (no usage text: not a typo)

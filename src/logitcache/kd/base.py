@@ -49,6 +49,7 @@ class KDParams:
     ignore_index: int = -100  # labels equal to this drop their position
     reduction: Reduction = "mean"  # "mean" (weighted) | "sum" | "none" (not for the fused-linear loss)
     mass_tolerance: float = 1e-3  # a target row may sum to at most 1 + this
+    normalized_targets: bool = True  # False: unbiased targets (SparseKDLoader(normalize=False)), any row sum
     chunk_size: int | None = None  # positions per chunk (chunked / fused-linear); None → kd.chunked.chunk_positions
     impl: Impl = "auto"  # "auto" (triton on CUDA, else chunked) | "reference" | "chunked" | "triton"; fused: chunked
 
@@ -74,6 +75,13 @@ class KDParams:
             raise ValueError(f"chunk_size: expected >= 1, got {self.chunk_size}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl: expected one of {IMPLS}, got {self.impl!r}")
+        if not isinstance(self.normalized_targets, bool):
+            raise ValueError(f"normalized_targets: expected a bool, got {self.normalized_targets!r}")
+        if not self.normalized_targets and self.mode != "kl":
+            raise ValueError(
+                f"mode: normalized_targets=False needs mode='kl', got {self.mode!r} (unbiased targets sum to 1 "
+                "only in expectation; 'ghost' and 'naive_fix' would read 1 − Σ t as missing mass)"
+            )
 
     @property
     def ghost(self) -> bool:
@@ -152,8 +160,8 @@ def prepare_targets(
         if bool(((ids < -1) | (ids >= vocab)).any()):
             bad = ids[(ids < -1) | (ids >= vocab)][0]
             raise ValueError(f"target_ids: expected ids in [0, V={vocab}) or -1 for padding, got {int(bad)}")
-        if bool(torch.isnan(probs).any()) or bool((probs < 0).any()):
-            raise ValueError("target_probs: expected non-negative numbers, got a negative or NaN probability")
+        if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+            raise ValueError("target_probs: expected finite non-negative numbers, got a negative, NaN or inf one")
         if bool((probs[pad] != 0).any()):
             raise ValueError("target_probs: expected 0 at padding (id -1), got a non-zero probability")
         ordered = torch.where(pad, -1, ids).sort(dim=1).values
@@ -163,7 +171,7 @@ def prepare_targets(
             token = int(ordered[:, 1:][repeated][0])
             raise ValueError(f"target_ids: expected unique ids within a row, got id {token} twice in row {row}")
         mass = probs.sum(dim=1)
-        if bool((mass > 1 + params.mass_tolerance).any()):
+        if params.normalized_targets and bool((mass > 1 + params.mass_tolerance).any()):
             raise ValueError(
                 f"target_probs: expected rows summing to at most 1 + {params.mass_tolerance}, "
                 f"got {float(mass.max()):.6f}"

@@ -5,10 +5,12 @@ respect to the logits in closed form (see :mod:`logitcache.kd.loss`), with ``z =
 ``s = softmax(z)`` and ``w`` the position's weight:
 
     kl, naive_fix:  ∂L/∂x = w · [ (1 − α)/τ · ((Σ t)·s − t) + α·(s_1 − e_label) ]
-    ghost:          ∂L/∂x = w · [ (1 − α)/τ · (s − t − t_g·q) + α·(s_1 − e_label) ]
+    ghost:          ∂L/∂x = w · [ (1 − α)/τ · ((Σ t + t_g)·s − t − t_g·q) + α·(s_1 − e_label) ]
 
 where ``q`` is the student's softmax restricted to the tokens outside the K entries
-(``q_j = s_j / s_g``, zero on the entries) and ``t_g = 1 − Σ t``. Writing the ghost gradient
+(``q_j = s_j / s_g``, zero on the entries) and ``t_g = max(0, 1 − Σ t)``: ``Σ t + t_g`` is 1
+while there is ghost mass and ``Σ t`` for a target that sums to 1 or more (within
+``mass_tolerance``), where the ghost term vanishes and the gradient is the ``kl`` one. Writing the ghost gradient
 with ``q`` (instead of ``s·(1 − t_g/s_g)``) and taking ``log s_g`` as a logsumexp over the
 tokens outside K keeps it exact when the student is confident and ``s_g`` is tiny.
 
@@ -81,7 +83,7 @@ def kd_chunk(
         kd = kd + torch.xlogy(ghost_t, ghost_t) - torch.where(ghost_t > 0, ghost_t * log_ghost_s, 0.0)
         if grad_out is not None:
             q = (logp - log_ghost_s[:, None]).exp_().masked_fill_(in_k, 0.0)
-        scale_s = torch.ones_like(total)
+        scale_s = total + ghost_t  # 1 while there is ghost mass; Σ t when the target sums to 1 or more
     else:
         scale_s = total
     loss = (1.0 - alpha) * kd

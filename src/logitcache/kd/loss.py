@@ -17,7 +17,8 @@ Modes (``mode``):
 * ``"ghost"`` (paper §3.2, A.5): a ghost token carries the residual mass on both sides,
   ``t_g = 1 − Σ t`` and ``s_g = 1 − Σ_k s_{id_k}``; the loss gains ``t_g (log t_g − log s_g)``.
   The top-k tokens then get the full-KD gradient ``s_i − t_i``; every other token gets
-  ``s_j (1 − t_g / s_g)``.
+  ``s_j (1 − t_g / s_g)``. A target summing to 1 or more (allowed up to ``1 + mass_tolerance``)
+  has no ghost mass: its loss and gradient are the ``"kl"`` ones, ``(Σ t)·s − t``.
 * ``"naive_fix"`` (paper §3.3): the residual mass ``1 − Σ t`` is added to the label token's
   target (a new entry if the label is not among the ids), then ``"kl"``. Needs ``labels``.
 
@@ -28,6 +29,20 @@ Positions are dropped (zero loss, zero gradient, not counted by ``"mean"``; what
 logits hold) when ``mask`` is False, when ``labels == ignore_index``, or, with ``ce_weight == 0``,
 when the row has no entries (in ``"naive_fix"`` mode an empty row is a one-hot target on its
 label, so it is kept). Ids must be unique within a row (records guarantee it).
+
+Sampled targets with a tempered proposal (``t != 1``, weights ``w = p/q``) come in two forms
+(:meth:`~logitcache.targets.sparse.SparseTargets.target_probs`, ``SparseKDLoader(normalize=...)``):
+
+* normalised, ``count·w / Σ count·w`` (the default, and the paper's §3.4 target): every row sums to 1,
+  so the loss is a true KL and every mode applies, but the ratio makes it biased by O(1/N) — at
+  ``N = 4``, ``t = 0.8`` several standard errors of the sampler's own noise on the head tokens
+  (``tests/training/test_loader.py``), shrinking as ``1/N``;
+* unbiased, ``count·w / N`` (``normalize=False``, with ``normalized_targets=False`` here):
+  ``E[t] = p`` exactly, so the gradient is unbiased, but a row sums to 1 only in expectation (a few
+  percent off at N ≈ 12), the per-row loss is no longer a KL (it can be negative) and only ``"kl"``
+  mode applies. This option skips the row-sum check (``mass_tolerance``).
+
+At ``t = 1`` (``w = 1``) both are ``count / N``: identical, unbiased and summing to 1.
 
 In ``"ghost"`` mode a residual ``1 − Σ t`` of at most ``GHOST_FLOOR`` (1e-6) is read as rounding,
 not ghost mass: random-sampling targets then give exactly the ``"kl"`` loss.

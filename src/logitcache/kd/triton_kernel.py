@@ -112,7 +112,7 @@ def _sparse_kd_kernel(
         ghost_t = tl.where(residual > ghost_floor, residual, 0.0)
         log_ghost_s = mg + tl.log(dg) - lse  # log of the student's mass outside K
         kd += tl.where(ghost_t > 0, ghost_t * (tl.log(tl.where(ghost_t > 0, ghost_t, 1.0)) - log_ghost_s), 0.0)
-        scale_s = 1.0
+        scale_s = total + ghost_t  # 1 while there is ghost mass; Σ t when the target sums to 1 or more
     loss = (1.0 - ce_weight) * kd
     label = tl.load(LABELS + row)
     if HAS_CE:

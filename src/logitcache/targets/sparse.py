@@ -108,8 +108,9 @@ class SparseTargets:
         totals.index_add_(0, self.position_index(), self.target_probs())
         return (1.0 - totals).clamp_min(0.0)
 
-    def to_padded(self, width: int | None = None, pad_id: int = -1) -> tuple[Tensor, Tensor]:
-        """Padded ``(ids [P, K], probs [P, K])``; padding is ``pad_id`` / 0.
+    def to_padded(self, width: int | None = None, pad_id: int = -1, *, normalize: bool = True) -> tuple[Tensor, Tensor]:
+        """Padded ``(ids [P, K], probs [P, K])``; padding is ``pad_id`` / 0; ``probs`` as
+        :meth:`target_probs` (``normalize``) gives them.
 
         ``K`` is ``width`` or the largest entry count; a ``width`` smaller than that raises.
         """
@@ -123,7 +124,7 @@ class SparseTargets:
         rows = self.position_index()
         cols = torch.arange(self.num_entries, device=self.device) - self.offsets[:-1][rows]
         ids[rows, cols] = self.token_ids
-        probs[rows, cols] = self.target_probs()
+        probs[rows, cols] = self.target_probs(normalize=normalize)
         return ids, probs
 
     def to_dense(self) -> Tensor:

@@ -30,9 +30,18 @@ world size or ordering. With DataLoader workers the loader object in the main pr
 what was consumed: pass ``state_dict(batches_done=batch.batch_index + 1)``. Nor do ``set_epoch`` and
 ``load_state_dict`` reach the copies in ``persistent_workers=True`` workers: keep them off.
 
+**Targets.** ``target_probs`` are the normalised targets by default; ``normalize=False`` hands out
+the exactly unbiased ones of a tempered proposal (pass ``KDParams(normalized_targets=False)`` to the
+loss); :mod:`logitcache.kd.loss` says what each costs. At temperature 1 the two are the same.
+
 **Prefetch.** A background thread reads ahead over gRPC (one ``Read`` per shard for the next
 ``read_ahead`` batches), decodes, pads into (pinned) host tensors and, with ``device``, copies them
-to the device on a side stream; up to ``prefetch`` batches wait ready. An exception in the thread
+to the device on a side stream; up to ``prefetch`` batches wait ready. With ``device_decode=True``
+the records' packed bytes go to ``device`` instead and are unpacked and padded there
+(:func:`~logitcache.targets.sparse.decode_torch`, also on the side stream): less host CPU and
+fewer bytes over PCIe (3 bytes an entry instead of 12), a few device syncs per record. It is off by
+default until ``benchmarks/bench_loader.py``'s CUDA figures show it faster; DataLoader workers
+always decode on the host. An exception in the thread
 is raised in the training loop.
 """
 
@@ -42,6 +51,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -54,6 +64,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from logitcache.client.grpc_client import CacheClient
 from logitcache.core import records
+from logitcache.targets.sparse import decode_torch
 
 __all__ = [
     "AlignmentError",
@@ -189,6 +200,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         pin_memory: bool | None = None,
         ignore_index: int = -100,
         normalize: bool = True,
+        device_decode: bool = False,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -203,6 +215,8 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
             )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+        if device_decode and device is None:
+            raise ValueError("device_decode: expected a device to decode on, got device=None")
         self.client = client
         self.shards = [int(s) for s in shards]
         self.batch_size = batch_size
@@ -218,6 +232,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         self.pin_memory = self.device is not None and self.device.type == "cuda" if pin_memory is None else pin_memory
         self.ignore_index = ignore_index
         self.normalize = normalize
+        self.device_decode = device_decode
         digest = xxhash.xxh64()
         parts_shard, parts_seq = [], []
         for shard in self.shards:
@@ -330,8 +345,11 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         finally:
             producer.stop()
 
-    def _read_batches(self, jobs: list[tuple[int, npt.NDArray[np.int64]]]) -> Iterator[SparseKDBatch]:
-        """Batches for ``jobs`` in order, reading ``read_ahead`` batches per round of ``Read`` calls."""
+    def _read_batches(
+        self, jobs: list[tuple[int, npt.NDArray[np.int64]]], decode_on: torch.device | None = None
+    ) -> Iterator[SparseKDBatch]:
+        """Batches for ``jobs`` in order, reading ``read_ahead`` batches per round of ``Read`` calls;
+        decoded on the host, or with ``decode_torch`` on ``decode_on``."""
         for at in range(0, len(jobs), self.read_ahead):
             group = jobs[at : at + self.read_ahead]
             wanted = np.concatenate([items for _, items in group])
@@ -342,7 +360,46 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
                     data[(int(shard), seq)] = record
             for index, items in group:
                 keys = [(int(self._item_shard[i]), int(self._item_seq[i])) for i in items]
-                yield self._assemble(index, keys, [data[k] for k in keys])
+                blobs = [data[k] for k in keys]
+                if decode_on is None:
+                    yield self._assemble(index, keys, blobs)
+                else:
+                    yield self._assemble_on(decode_on, index, keys, blobs)
+
+    def _batch(
+        self, index: int, keys: list[tuple[int, int]], hashes: list[int], tensors: dict[str, Tensor]
+    ) -> SparseKDBatch:
+        return SparseKDBatch(
+            **tensors,
+            shards=torch.tensor([s for s, _ in keys], dtype=torch.int64),
+            seqs=torch.tensor([q if q < 2**63 else -1 for _, q in keys], dtype=torch.int64),
+            input_hashes=hashes,
+            epoch=self.epoch,
+            batch_index=index,
+        )
+
+    def _assemble_on(
+        self, device: torch.device, index: int, keys: list[tuple[int, int]], blobs: list[bytes]
+    ) -> SparseKDBatch:
+        """:meth:`_assemble` with the records' packed bytes shipped to ``device`` and unpacked there."""
+        headers = [records.read_header(blob) for blob in blobs]
+        decoded = [decode_torch(blob, device) for blob in blobs]
+        lengths = [h.num_positions for h in headers]
+        b, t = len(blobs), max(lengths)
+        k = max(int(targets.entry_counts().max()) if targets.num_positions else 0 for _, targets in decoded)
+        input_ids = torch.zeros((b, t), dtype=torch.int64, device=device)
+        labels = torch.full((b, t), self.ignore_index, dtype=torch.int64, device=device)
+        target_ids = torch.full((b, t, k), -1, dtype=torch.int64, device=device)
+        target_probs = torch.zeros((b, t, k), dtype=torch.float32, device=device)
+        mask = torch.arange(t, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        for row, (ids, targets) in enumerate(decoded):
+            n = lengths[row]
+            input_ids[row, :n] = ids
+            labels[row, : n - 1] = ids[1:]
+            target_ids[row, :n], target_probs[row, :n] = targets.to_padded(width=k, normalize=self.normalize)
+        tensors = {"input_ids": input_ids, "labels": labels, "target_ids": target_ids}
+        tensors |= {"target_probs": target_probs, "attention_mask": mask}
+        return self._batch(index, keys, [h.input_hash for h in headers], tensors)
 
     def _assemble(self, index: int, keys: list[tuple[int, int]], blobs: list[bytes]) -> SparseKDBatch:
         decoded = [records.decode(blob) for blob in blobs]
@@ -374,18 +431,9 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         tp = target_probs.numpy()
         tp.fill(0)
         tp[filled] = np.concatenate([r.target_probs(normalize=self.normalize) for r in decoded])
-        return SparseKDBatch(
-            input_ids=input_ids,
-            labels=labels,
-            target_ids=target_ids,
-            target_probs=target_probs,
-            attention_mask=mask,
-            shards=torch.tensor([s for s, _ in keys], dtype=torch.int64),
-            seqs=torch.tensor([q if q < 2**63 else -1 for _, q in keys], dtype=torch.int64),
-            input_hashes=[r.header.input_hash for r in decoded],
-            epoch=self.epoch,
-            batch_index=index,
-        )
+        tensors = {"input_ids": input_ids, "labels": labels, "target_ids": target_ids}
+        tensors |= {"target_probs": target_probs, "attention_mask": mask}
+        return self._batch(index, keys, [r.header.input_hash for r in decoded], tensors)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
@@ -423,18 +471,20 @@ class _Prefetcher:
         return False
 
     def _run(self) -> None:
+        decode_on = self._device if self._loader.device_decode else None
         try:
-            for batch in self._loader._read_batches(self._jobs):
-                event = None
-                if self._side_stream is not None:
-                    with torch.cuda.stream(self._side_stream):
+            # on CUDA every copy (and a device-side decode) is queued on the side stream
+            with torch.cuda.stream(self._side_stream) if self._side_stream is not None else nullcontext():
+                for batch in self._loader._read_batches(self._jobs, decode_on):
+                    event = None
+                    if self._side_stream is not None:
                         batch = batch.to(self._device, non_blocking=True)  # type: ignore[arg-type]
                         event = torch.cuda.Event()
                         event.record()
-                elif self._device is not None:
-                    batch = batch.to(self._device)
-                if not self._put((batch, event)):
-                    return
+                    elif self._device is not None:
+                        batch = batch.to(self._device)
+                    if not self._put((batch, event)):
+                        return
             self._put(_END)
         except BaseException as exc:
             self._put(_Failure(exc))

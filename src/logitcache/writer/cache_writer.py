@@ -75,6 +75,8 @@ class WriterStats:
     seconds: float  # since the writer started
     seconds_in_write: float  # time write() took on the caller's thread (sampling included)
     retries: int  # streams reopened after a transient failure
+    blocked_writes: int  # write() calls waiting on backpressure right now (the queue is full)
+    seconds_blocked: float  # time write() spent waiting on backpressure, in total
 
     @property
     def positions_per_s(self) -> float:
@@ -174,7 +176,8 @@ class CacheWriter:
         self._packer_done = False
         self._pending_records = 0
         self._written = self._unchanged = self._positions = self._bytes = self._retries = 0
-        self._seconds_in_write = 0.0
+        self._seconds_in_write = self._seconds_blocked = 0.0
+        self._blocked_writes = 0
         self._started = time.perf_counter()
         self._threads_started = False
         self._packer = threading.Thread(target=self._pack_loop, name=f"logitcache-pack-{shard}", daemon=True)
@@ -281,13 +284,27 @@ class CacheWriter:
         self._seconds_in_write += time.perf_counter() - started
 
     def _put(self, work: _Work) -> None:
-        while True:
-            try:
-                self._work.put(work, timeout=_POLL)
-                return
-            except queue.Full:
+        try:
+            self._work.put_nowait(work)
+            return
+        except queue.Full:
+            pass
+        blocked = time.perf_counter()
+        with self._cond:
+            self._blocked_writes += 1
+        try:
+            while True:
                 if self._error is not None:
                     raise self._error from None
+                try:
+                    self._work.put(work, timeout=_POLL)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            with self._cond:
+                self._blocked_writes -= 1
+                self._seconds_blocked += time.perf_counter() - blocked
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every record handed to ``write`` is durably acknowledged (or raise the error)."""
@@ -340,6 +357,8 @@ class CacheWriter:
                 seconds=time.perf_counter() - self._started,
                 seconds_in_write=self._seconds_in_write,
                 retries=self._retries,
+                blocked_writes=self._blocked_writes,
+                seconds_blocked=self._seconds_blocked,
             )
 
     # ----------------------------------------------------------------- packer thread
