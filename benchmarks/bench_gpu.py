@@ -74,10 +74,10 @@ def sampling_vs_softmax(positions: int, vocab: int, repeats: int) -> dict[str, A
 
 def decode_on_device(count: int, seq_len: int, vocab: int, repeats: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
-    blobs = []
-    for _ in range(count):
-        targets = sample_random(lm_like_logits(seq_len, vocab, generator=gen), 50, generator=gen)
-        blobs.append(records.encode(torch.randint(0, vocab, (seq_len,), generator=gen), targets))
+    pool = [sample_random(lm_like_logits(seq_len, vocab, generator=gen), 50, generator=gen) for _ in range(4)]
+    blobs = [
+        records.encode(torch.randint(0, vocab, (seq_len,), generator=gen), pool[i % len(pool)]) for i in range(count)
+    ]
 
     def device() -> None:
         for data in blobs:
@@ -100,14 +100,28 @@ def decode_on_device(count: int, seq_len: int, vocab: int, repeats: int) -> dict
     }
 
 
-def _script(name: str, *args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(HERE / name), *args], capture_output=True, text=True, check=False, timeout=300
-    )
+def _script(name: str, *args: str, timeout: float = 100) -> dict[str, Any]:
+    """Another benchmark's last JSON line, or what went wrong (the other figures still come out)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, str(HERE / name), *args], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"{name}: over {timeout:.0f} s"}
     if done.returncode != 0:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"error": f"{name}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    try:
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"{name}: no JSON line in its output"}
     return result
+
+
+def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return fn()
+    except Exception as exc:  # one part failing must not hide the others' figures
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def main() -> None:
@@ -123,8 +137,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "tests": {"rc": args.tests_rc, "summary": args.tests_summary},
-        "sampling": sampling_vs_softmax(8192, 128256, args.repeats),
-        "decode": decode_on_device(32, 2048, 128256, args.repeats),
+        "sampling": _guarded(lambda: sampling_vs_softmax(8192, 128256, args.repeats)),
+        "decode": _guarded(lambda: decode_on_device(32, 2048, 128256, args.repeats)),
         "kd_loss": _script("bench_kd_loss.py"),
         "loader": _script("bench_loader.py", "--records", "256", "--repeats", "2"),
     }

@@ -37,7 +37,10 @@ def test_distillation_smoke(tmp_path: Path) -> None:
         assert result["cache"][shard]["written"] == result["cached_sequences"], shard  # through the real CLI
     assert methods["topk12"]["unique_ids_per_position"] == 12
     assert methods["topk12_ghost"]["bytes_per_position"] == methods["topk12"]["bytes_per_position"]
-    n12, n50 = methods["rs_multinomial"]["unique_ids_per_position"], methods["rs_multinomial_n50"]["unique_ids_per_position"]
+    n12, n50 = (
+        methods["rs_multinomial"]["unique_ids_per_position"],
+        methods["rs_multinomial_n50"]["unique_ids_per_position"],
+    )
     assert n12 < n50  # more rounds, more unique ids
     assert {"name", "vocab_size", "lm_loss", "ece"} <= result["teacher"].keys()
     assert result["corpus"]

@@ -12,10 +12,12 @@ from tests.kd.cases import DEVICE
 
 @pytest.fixture(autouse=True)
 def _on_device() -> Iterator[None]:
-    """Tensors the tests create (``torch.zeros``, ``torch.tensor``, ...) land on ``DEVICE``."""
-    before = torch.get_default_device()
-    torch.set_default_device(DEVICE)
-    try:
+    """On a GPU, tensors the tests create (``torch.zeros``, ``torch.tensor``, ...) land on it.
+
+    On the CPU nothing is set: a default-device mode would route every torch call through
+    ``__torch_function__`` for nothing."""
+    if DEVICE.type == "cpu":
         yield
-    finally:
-        torch.set_default_device(before)
+        return
+    with torch.device(DEVICE):
+        yield

@@ -27,7 +27,7 @@ def test_cuda_logits_are_stored_exactly_as_sampled_on_the_device(tmp_path: Path,
     host = torch.Generator().manual_seed(1)
     logits = lm_like_logits(4 * T, V, generator=host, dtype=torch.bfloat16).reshape(4, T, V).cuda()
     ids = torch.randint(0, V, (4, T), generator=host).cuda()
-    expected_ids = ids.cpu()
+    expected_ids = ids.cpu().clone()
     with running_server(tmp_path) as (_, client):
         with CacheWriter(
             client, 0, sampler, generator=torch.Generator("cuda").manual_seed(7), seq_len=T, batch_records=1
