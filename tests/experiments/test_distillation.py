@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.experiments.scripts import run_script
 
 METHODS = {
@@ -21,8 +23,9 @@ METHODS = {
 }
 
 
+@pytest.mark.timeout(900)  # the subprocess's own limit (run_script) comes first
 def test_distillation_smoke(tmp_path: Path) -> None:
-    summary = run_script("experiments/distillation.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    summary = run_script("experiments/distillation.py", "--smoke", "--out", str(tmp_path), timeout=800)
     result = json.loads((tmp_path / "distillation.json").read_text())
     methods = result["methods"]
     assert set(methods) == METHODS

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.experiments.scripts import run_script
 
 METHODS = ("topk_12", "topk_50", "topk_300", "rs_multinomial", "rs_systematic")
 
 
+@pytest.mark.timeout(900)  # the subprocess's own limit (run_script) comes first
 def test_gradient_similarity_smoke(tmp_path: Path) -> None:
-    summary = run_script("experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    summary = run_script("experiments/gradient_similarity.py", "--smoke", "--out", str(tmp_path), timeout=800)
     assert summary["experiment"] == "gradient_similarity"
     assert summary["smoke"] is True
     assert (tmp_path / "gradient_similarity.png").stat().st_size > 0
