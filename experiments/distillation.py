@@ -17,8 +17,8 @@
    paper's metric), ECE, top-1 agreement with the teacher; and from the cache, unique ids and
    bytes per position. Loss curves.
 
-``python experiments/distillation.py`` (about an hour on 2 CPU cores: the teacher's forward
-passes, five cache fills and the online-KD student, dominate); ``--smoke`` for a run of a minute.
+``python experiments/distillation.py`` (about two hours on 2 CPU cores: the teacher's forward
+passes, five cache fills and the online-KD student, dominate); ``--smoke`` for a run of a few minutes.
 """
 
 from __future__ import annotations

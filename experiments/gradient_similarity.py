@@ -91,7 +91,7 @@ FULL = Config(
     student=StudentShape(hidden=128, layers=2, heads=4, steps=150, batch=16, lr=3e-3),
     sizes=(1024, 4096, 16384, 65536, 262144),
     chunk=1024,
-    seeds=1,  # one stream of 262144 positions: 256 blocks at 1k, ..., one at 256k (25 min on 2 CPU cores)
+    seeds=1,  # one stream of 262144 positions: 256 blocks of 1k, ..., one of 256k
     topk=(12, 50, 300),
     target_unique=12.0,
     calib_positions=4096,
