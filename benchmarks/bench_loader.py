@@ -79,6 +79,7 @@ def main() -> None:
             manifest = ShardManifest(vocab_size=args.vocab_size, method="sampled", rounds=50, seq_len=args.seq_len)
             client.create_shard(0, manifest)
             client.write(0, items)
+            client.seal_shard(0)
 
             def raw() -> float:
                 started = time.perf_counter()

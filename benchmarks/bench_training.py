@@ -89,7 +89,7 @@ def _fill(client: CacheClient, shard: int, teacher: Any, tokens: Tensor, batch: 
     n, t = tokens.shape
     started = time.perf_counter()
     with CacheWriter(client, shard, SamplerConfig(rounds=50), vocab_size=teacher.config.vocab_size, seq_len=t,
-                     teacher=name, generator=torch.Generator().manual_seed(shard)) as writer:  # fmt: skip
+                     teacher=name, seed=0) as writer:  # fmt: skip
         for lo in range(0, n, batch):
             ids = tokens[lo : lo + batch]
             with torch.no_grad():
@@ -97,6 +97,7 @@ def _fill(client: CacheClient, shard: int, teacher: Any, tokens: Tensor, batch: 
             writer.write(range(lo, lo + len(ids)), ids, logits)
     stats = writer.stats()
     assert stats.positions_acked == n * t
+    client.seal_shard(shard)
     return {"fill_s": round(time.perf_counter() - started, 2), "bytes_per_position": round(stats.bytes_per_position, 2)}
 
 

@@ -159,7 +159,7 @@ def fill_cache(
                     sampler=sampler,
                     seq_len=chunk,
                     teacher=f"toy-mlp-h{HIDDEN_TEACHER}",
-                    generator=torch.Generator().manual_seed(seed + 100 + shard),
+                    seed=seed + 100,
                 )
             )
             for name, (shard, sampler) in CACHED.items()
@@ -173,6 +173,7 @@ def fill_cache(
                 writer.write(list(range(start, end)), y_train[start:end], logits)
         for name, writer in writers.items():
             writer.flush()
+            client.seal_shard(writer.shard)
             s = writer.stats()
             stats[name] = {
                 "records": s.records_written,

@@ -8,8 +8,10 @@ message and another when gRPC serializes it on the event loop. It is pinned byte
 
 from __future__ import annotations
 
+import dataclasses
+
 from logitcache.core.config import TargetKind
-from logitcache.core.manifest import ShardInfo, ShardManifest
+from logitcache.core.manifest import ShardInfo, ShardManifest, TeacherRun
 from logitcache.core.results import BatchAck, StatsSnapshot
 from logitcache.proto.v1 import cache_pb2 as pb
 
@@ -42,6 +44,7 @@ def manifest_to_proto(manifest: ShardManifest) -> pb.Manifest:
         seq_len=manifest.seq_len,
         teacher=manifest.teacher,
         tokenizer_fingerprint=manifest.tokenizer_fingerprint,
+        run=None if manifest.run is None else pb.TeacherRun(**dataclasses.asdict(manifest.run)),
     )
 
 
@@ -65,6 +68,9 @@ def manifest_from_proto(message: pb.Manifest) -> ShardManifest:
         seq_len=message.seq_len,
         teacher=message.teacher,
         tokenizer_fingerprint=message.tokenizer_fingerprint,
+        run=TeacherRun(**{f.name: getattr(message.run, f.name) for f in dataclasses.fields(TeacherRun)})
+        if message.HasField("run")
+        else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from logitcache.apps.cli import main
+from logitcache.apps.corpus import corpus_fingerprint
+from logitcache.client import CacheClient, NotFoundError
 from logitcache.core import records
 from logitcache.core.config import SamplerConfig
+from logitcache.core.manifest import TeacherRun
 from logitcache.targets.sampling import sample
 from logitcache.targets.sparse import SparseTargets
+from logitcache.training import SparseKDLoader
+from logitcache.writer import sequence_seed
 from tests.server.helpers import running_server
 
 SEQ_LEN = 16
@@ -78,18 +84,29 @@ def test_teacher_fills_the_shard_and_a_rerun_skips_finished_work(
             record = records.decode(data)
             np.testing.assert_array_equal(record.input_ids, corpus[seq])  # stored with the ids it was run on
             assert (np.add.reduceat(record.values, record.offsets[:-1]) == 20).all()
-        # the stored targets are exactly the teacher's logits sampled with the documented seed
+        # the stored targets are exactly the teacher's logits sampled with the documented seeds
         with torch.no_grad():
             logits = model(input_ids=torch.from_numpy(corpus[:3].astype(np.int64))).logits  # the first batch
-        expected = sample(logits.flatten(0, 1), SamplerConfig(rounds=20), torch.Generator().manual_seed(0))
-        stored = [SparseTargets.from_record(records.decode(data)) for _, data in client.read(4, seqs=[0, 1, 2])]
-        assert torch.equal(torch.cat([t.token_ids for t in stored]), expected.token_ids)
-        assert torch.equal(torch.cat([t.values for t in stored]), expected.values)
+        for seq, data in client.read(4, seqs=[0, 1, 2]):
+            generator = torch.Generator().manual_seed(sequence_seed(0, 4, seq))
+            expected = sample(logits[seq], SamplerConfig(rounds=20), generator)
+            stored = SparseTargets.from_record(records.decode(data))
+            assert torch.equal(stored.token_ids, expected.token_ids)
+            assert torch.equal(stored.values, expected.values)
+        assert info.manifest.run == TeacherRun(
+            corpus_fingerprint=corpus_fingerprint(corpus),
+            sequences=SEQUENCES,
+            world_size=1,
+            rank=0,
+            seq_start=0,
+            seq_stop=SEQUENCES,
+            seed=0,
+        )
+        assert info.sealed  # every seq of its slice is stored
 
-        assert main(_args(tiny_llama, tmp_path, server.port, "--shard", "4", "--seal")) == 0
+        assert main(_args(tiny_llama, tmp_path, server.port, "--shard", "4")) == 0
         again = _summary(capsys.readouterr().out)
         assert (again["written"], again["skipped"], again["positions"]) == (0, SEQUENCES, 0)
-        assert client.get_shard(4).sealed
 
 
 def test_a_different_sampler_into_the_same_shard_is_refused(
@@ -98,10 +115,11 @@ def test_a_different_sampler_into_the_same_shard_is_refused(
     with running_server(tmp_path / "data") as (server, client):
         assert main([*_args(tiny_llama, tmp_path, server.port), "--limit", "2"]) == 0
         capsys.readouterr()
-        assert main([*_args(tiny_llama, tmp_path, server.port), "--rounds", "30"]) == 1
+        assert main([*_args(tiny_llama, tmp_path, server.port, "--no-seal"), "--rounds", "30"]) == 2
         err = capsys.readouterr().err
-        assert "FAILED_PRECONDITION" in err
-        assert "different manifest" in err
+        assert "shard 0 was filled by another run" in err
+        assert "rounds: 20 (stored) vs 30 (this run)" in err  # each differing field, with both values
+        assert "run.sequences: 2 (stored) vs 10 (this run)" in err
         assert client.get_shard(0).sequences == 2  # nothing of the refused run was stored
 
 
@@ -135,7 +153,9 @@ def test_jsonl_corpus_is_tokenized_with_the_model_tokenizer(
         assert manifest.method == "topk"
 
 
-def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_path: Path, corpus: np.ndarray) -> None:
+def test_two_ranks_split_the_work_into_their_own_shards(
+    tiny_llama: Path, tmp_path: Path, corpus: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
     with running_server(tmp_path / "data") as (server, client):
         procs = [
             subprocess.Popen(
@@ -156,16 +176,21 @@ def test_two_ranks_split_the_work_into_their_own_shards(tiny_llama: Path, tmp_pa
         for shard in (10, 11):
             for seq, data in client.read(shard, seqs=client.list_seqs(shard).tolist()):
                 np.testing.assert_array_equal(records.decode(data).input_ids, corpus[seq])
-        # a rerun split differently (rank 0 of 4 takes [0, 2)) finds seqs outside its slice: refused
-        rerun = subprocess.run(
-            [sys.executable, "-m", "logitcache", *_args(tiny_llama, tmp_path, server.port, "--shard", "10")],
-            env={**os.environ, "RANK": "0", "WORLD_SIZE": "4"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert rerun.returncode == 2
-        assert "outside this rank's slice [0, 2)" in rerun.stderr
+        loader = SparseKDLoader(client, [10, 11], batch_size=4, rank=0, world_size=1)
+        assert loader.num_items == SEQUENCES  # sealed, one run, no seq twice
+
+    with running_server(tmp_path / "data") as (server, client):
+        # the same corpus rerun by one process into shard 10 (the reproduction): refused
+        rerun = main(_args(tiny_llama, tmp_path, server.port, "--shard", "10"))
+        err = capsys.readouterr().err
+        assert rerun == 2
+        assert "run.world_size: 2 (stored) vs 1 (this run)" in err
+        assert "run.seq_stop: 5 (stored) vs 10 (this run)" in err
+        # ... or into a new shard, next to the shards that hold those seqs already: refused too
+        assert main(_args(tiny_llama, tmp_path, server.port, "--shard", "12")) == 2
+        err = capsys.readouterr().err
+        assert "shard 10 already holds seqs [0, 5) of this corpus" in err
+        assert 12 not in [info.shard for info in client.list_shards()]
         assert client.list_seqs(10).tolist() == [0, 1, 2, 3, 4]
 
 
@@ -214,6 +239,59 @@ def test_a_missing_gguf_file_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     args[args.index("--model") : args.index("--model") + 2] = ["--gguf-file", str(tmp_path / "absent.gguf")]
     assert main(args) == 2  # bad input
     assert "absent.gguf: no such file" in capsys.readouterr().err
+
+
+def test_a_missing_model_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.zeros(SEQ_LEN, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    assert main(_args(tmp_path / "no-model", tmp_path, 1)) == 2  # never a hub lookup over the network
+    assert "no-model: no such directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
+    tiny_llama: Path, tmp_path: Path, tokenizer: Any
+) -> None:
+    total = 3000
+    rng = np.random.default_rng(3)
+    rng.integers(0, len(tokenizer), total * SEQ_LEN, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    args = [*_args(tiny_llama, tmp_path, 0, "--shard", "2"), "--batch-size", "2"]
+    with running_server(tmp_path / "data") as (server, client):
+        args[args.index("--server") + 1] = f"127.0.0.1:{server.port}"
+        teacher = subprocess.Popen(
+            [sys.executable, "-m", "logitcache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            while not _stored(client, 2):  # the first records are durably stored: the run is under way
+                assert teacher.poll() is None, teacher.communicate()
+            teacher.send_signal(signal.SIGINT)
+            _, err = teacher.communicate(timeout=120)
+        finally:
+            teacher.kill()
+        assert teacher.returncode == 130, err
+        stored = client.get_shard(2).sequences
+        assert 0 < stored < total
+        last = err.strip().splitlines()[-1]
+        assert last == (
+            f"logitcache teacher: interrupted: {stored} of {total} sequences of shard 2 are stored; "
+            "rerun the same command to resume"
+        )
+        assert not client.get_shard(2).sealed
+        assert main(args) == 0  # the rerun resumes
+        resumed = dict(client.read(2, seqs=range(total)))
+        assert client.get_shard(2).sealed
+    with running_server(tmp_path / "fresh") as (server, client):  # the same run, never interrupted
+        args[args.index("--server") + 1] = f"127.0.0.1:{server.port}"
+        assert main(args) == 0
+        uninterrupted = dict(client.read(2, seqs=range(total)))
+    assert len(resumed) == len(uninterrupted) == total
+    differing = [seq for seq in range(total) if resumed[seq] != uninterrupted[seq]]
+    assert differing == []
+
+
+def _stored(client: CacheClient, shard: int) -> bool:
+    try:
+        return client.get_shard(shard).sequences > 0
+    except NotFoundError:
+        return False
 
 
 def test_model_and_gguf_file_are_exclusive(tiny_llama: Path, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ def test_two_servers_each_serve_their_own_shards(tmp_path: Path) -> None:
             for shard in (0, 1, 2, 3):  # placed on addresses[shard % 2]
                 client.create_shard(shard, MANIFEST)
                 client.write(shard, make_records(5, seed=shard, start=10 * shard))
+                client.seal_shard(shard)
             assert [s.shard_id for s in a.store.shards()] == [0, 2]
             assert [s.shard_id for s in b.store.shards()] == [1, 3]
             assert client.locate(3) == addresses[1]

@@ -44,6 +44,7 @@ def test_cuda_batches_equal_the_host_batches(tmp_path: Path, device_decode: bool
         for shard, (manifest, items) in shards.items():
             client.create_shard(shard, manifest)
             client.write(shard, items)
+            client.seal_shard(shard)
         host = list(SparseKDLoader(client, list(shards), batch_size=4, seed=3, normalize=normalize))
         loader = SparseKDLoader(
             client, list(shards), batch_size=4, seed=3, normalize=normalize, device="cuda", device_decode=device_decode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from logitcache.client import CacheClient, UnavailableError
+from logitcache.client import CacheClient, FailedPreconditionError, UnavailableError
 from logitcache.core import records
-from logitcache.core.manifest import ShardManifest
-from logitcache.kd import sparse_kd_loss
+from logitcache.core.manifest import ShardManifest, TeacherRun
+from logitcache.kd import KDParams, sparse_kd_loss
 from logitcache.server.runner import ServerThread
 from logitcache.targets.sampling import sample_random
 from logitcache.targets.sparse import SparseTargets
@@ -24,13 +25,14 @@ from logitcache.targets.synthetic import lm_like_logits
 from logitcache.training import (
     AlignmentError,
     LoaderStateError,
+    ShardSetError,
     SparseKDBatch,
     SparseKDLoader,
     plan_batches,
     verify_alignment,
 )
 from logitcache.training.loader import worker_share
-from tests.server.helpers import MANIFEST, SEQ_LEN, VOCAB, make_records, running_server
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records, running_server
 
 # ----------------------------------------------------------------- the plan (pure)
 
@@ -106,6 +108,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerThread, CacheClient, dict[tup
             client.create_shard(shard, MANIFEST)
             items = [(seq, data) for seq, data in items if seq not in (104, 109)]
             client.write(shard, items)
+            client.seal_shard(shard)  # complete: loaders refuse unsealed shards by default
             stored.update({(shard, seq): data for seq, data in items})
         yield server, client, stored
 
@@ -243,9 +246,13 @@ def test_a_state_from_another_loader_is_refused(
         SparseKDLoader(client, [0, 5], batch_size=4, seed=4).load_state_dict(state)
     with pytest.raises(LoaderStateError, match="batches_done"):
         SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict({**state, "batches_done": 99})
-    client.write(5, make_records(1, seed=3, start=104))  # the shard's seqs changed since
-    with pytest.raises(LoaderStateError, match="seqs changed"):
-        SparseKDLoader(client, [0, 5], batch_size=3, seed=4).load_state_dict(state)
+    client.create_shard(7, MANIFEST)  # an unsealed shard, still being written
+    client.write(7, make_records(4, seed=3, start=200))
+    with pytest.warns(UserWarning, match="not sealed"):
+        state = SparseKDLoader(client, [0, 7], batch_size=3, seed=4, allow_unsealed=True).state_dict()
+    client.write(7, make_records(1, seed=3, start=204))  # the shard's seqs changed since
+    with pytest.raises(LoaderStateError, match="seqs changed"), pytest.warns(UserWarning, match="not sealed"):
+        SparseKDLoader(client, [0, 7], batch_size=3, seed=4, allow_unsealed=True).load_state_dict(state)
 
 
 def test_verify_alignment(served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]]) -> None:
@@ -271,6 +278,7 @@ def test_records_of_different_lengths_are_padded_and_masked(tmp_path: Path) -> N
                 sample_random(lm_like_logits(t, VOCAB, generator=gen), 20, generator=gen),
             )
             client.write(0, [(seq, data)])
+        client.seal_shard(0)
         batch = next(iter(SparseKDLoader(client, [0], batch_size=2, shuffle=False)))
         assert batch.input_ids.shape == (2, 9)
         assert batch.attention_mask.sum(1).tolist() == [5, 9]
@@ -296,6 +304,7 @@ def test_normalize_false_hands_out_the_exactly_unbiased_target(tmp_path: Path, t
         for seq in range(seqs):
             targets = sample_random(logits, rounds, temperature=temperature, generator=gen)
             client.write(0, [(seq, records.encode(torch.zeros(seq_len, dtype=torch.int64), targets))])
+        client.seal_shard(0)
 
         def targets_of(normalize: bool) -> torch.Tensor:
             """Every position's dense target ``[positions, V]``, as the loader hands it out."""
@@ -321,6 +330,7 @@ def test_an_error_in_the_prefetch_thread_reaches_the_loop(tmp_path: Path) -> Non
     with running_server(tmp_path) as (server, client):
         client.create_shard(0, MANIFEST)
         client.write(0, make_records(40, seed=1))
+        client.seal_shard(0)
         loader = SparseKDLoader(client, [0], batch_size=1, prefetch=1, read_ahead=1)
         client.retries = 1
         it = iter(loader)
@@ -348,3 +358,125 @@ def test_rank_comes_from_torchrun_variables(
     monkeypatch.setenv("WORLD_SIZE", "4")
     loader = SparseKDLoader(client, [0], batch_size=2)
     assert (loader.rank, loader.world_size) == (2, 4)
+
+
+# ----------------------------------------------------------------- safety: what the loader refuses
+
+
+def _run(start: int, stop: int, corpus: str = "xxh64:corpus") -> TeacherRun:
+    return TeacherRun(
+        corpus_fingerprint=corpus, sequences=64, world_size=2, rank=0, seq_start=start, seq_stop=stop, seed=0
+    )
+
+
+def _sealed_shard(client: CacheClient, shard: int, manifest: ShardManifest, items: list[tuple[int, bytes]]) -> None:
+    client.create_shard(shard, manifest)
+    client.write(shard, items)
+    client.seal_shard(shard)
+
+
+def test_the_loader_exposes_the_manifest(
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, _ = served
+    loader = SparseKDLoader(client, [0, 5], batch_size=4)
+    assert loader.manifest == MANIFEST
+    assert loader.vocab_size == VOCAB
+    assert loader.manifests == {0: MANIFEST, 5: MANIFEST}
+    batch = next(iter(loader))
+    assert "labels" in batch
+    assert "teacher" not in batch
+    assert batch["input_ids"] is batch.input_ids
+    assert set(batch.to_dict()) == set(batch.keys())
+    assert "target_probs" in batch
+
+
+def test_shards_of_different_manifests_are_refused_unless_allowed(tmp_path: Path) -> None:
+    topk_64 = dataclasses.replace(TOPK_MANIFEST, seq_len=64)  # the issue's case: top-k 12, T = 64 into sampled, T = 32
+    with running_server(tmp_path) as (_, client):
+        _sealed_shard(client, 0, MANIFEST, make_records(4))
+        client.create_shard(1, topk_64)
+        client.seal_shard(1)
+        with pytest.raises(ShardSetError, match="shards 0 and 1 hold different targets") as refused:
+            SparseKDLoader(client, [0, 1], batch_size=2)
+        assert "method: 'sampled' (shard 0) vs 'topk' (shard 1)" in str(refused.value)
+        assert "seq_len: 32 (shard 0) vs 64 (shard 1)" in str(refused.value)
+        mixed = SparseKDLoader(client, [0, 1], batch_size=2, allow_mixed=True)
+        assert mixed.manifest is None
+        assert mixed.manifests[1] == topk_64
+
+
+def test_unsealed_shards_are_refused_unless_allowed_with_a_warning(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (_, client):
+        client.create_shard(0, MANIFEST)
+        client.write(0, make_records(4))  # still being written
+        with pytest.raises(ShardSetError, match=r"shards \[0\] are not sealed"):
+            SparseKDLoader(client, [0], batch_size=2)
+        with pytest.warns(UserWarning, match="not sealed"):
+            loader = SparseKDLoader(client, [0], batch_size=2, allow_unsealed=True)
+        assert loader.num_items == 4
+
+
+def test_a_seq_stored_in_two_shards_of_one_corpus_is_refused(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (_, client):
+        _sealed_shard(client, 10, dataclasses.replace(MANIFEST, run=_run(0, 32)), make_records(32))
+        _sealed_shard(client, 11, dataclasses.replace(MANIFEST, run=_run(32, 64)), make_records(32, start=32))
+        assert SparseKDLoader(client, [10, 11], batch_size=4).num_items == 64
+        # a second run over the same corpus split differently: seqs 0..63 again
+        again = TeacherRun(corpus_fingerprint="xxh64:corpus", sequences=64, world_size=1, rank=0, seq_start=0,
+                           seq_stop=64, seed=0)  # fmt: skip
+        _sealed_shard(client, 12, dataclasses.replace(MANIFEST, run=again), make_records(64))
+        with pytest.raises(ShardSetError, match="shards 10 and 12 both hold seq 0") as refused:
+            SparseKDLoader(client, [10, 11, 12], batch_size=4)
+        assert "32 seqs in all" in str(refused.value)
+        assert SparseKDLoader(client, [10, 11, 12], batch_size=4, allow_duplicates=True).num_items == 128
+        # another corpus may reuse the seq ids: not a duplicate
+        _sealed_shard(client, 13, dataclasses.replace(MANIFEST, run=_run(0, 32, "xxh64:other")), make_records(32))
+        assert SparseKDLoader(client, [10, 11, 13], batch_size=4).num_items == 96
+
+
+def test_the_server_refuses_a_seq_outside_the_runs_slice(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (_, client):
+        client.create_shard(0, dataclasses.replace(MANIFEST, run=_run(0, 32)))
+        with pytest.raises(FailedPreconditionError, match=r"seqs \[0, 32\), not 32"):
+            client.write(0, make_records(2, start=31))
+        assert client.get_shard(0).sequences == 0  # the whole batch refused
+
+
+def test_a_student_vocabulary_padded_past_the_teachers_gets_zero_target_mass(
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    _, client, _ = served
+    loader = SparseKDLoader(client, [0], batch_size=4, shuffle=False)
+    padded = VOCAB + 72  # the teacher's vocabulary rounded up to a multiple of 64 (3072)
+    loader.check_student(vocab_size=padded)
+    with pytest.raises(ShardSetError, match=r"student's vocabulary \(2999\) is smaller than the teacher's \(3000\)"):
+        loader.check_student(vocab_size=VOCAB - 1)
+    batch = next(iter(loader))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch.target_ids.shape[0] * batch.target_ids.shape[1], padded, generator=gen)
+    logits.requires_grad_(True)
+    ids, probs = batch.target_ids.flatten(0, 1), batch.target_probs.flatten(0, 1)
+    sparse_kd_loss(logits, ids, probs, params=KDParams(reduction="sum")).backward()
+    # the reference: dense targets over the padded vocabulary, zero past the teacher's V
+    dense = torch.zeros(ids.shape[0], padded).scatter_add_(1, ids.clamp_min(0), torch.where(ids >= 0, probs, 0.0))
+    assert dense[:, VOCAB:].sum() == 0
+    assert logits.grad is not None
+    torch.testing.assert_close(logits.grad, torch.softmax(logits.detach(), 1) * dense.sum(1, keepdim=True) - dense)
+
+
+def test_a_student_tokenizer_other_than_the_teachers_is_refused(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from logitcache.apps.corpus import tokenizer_fingerprint
+
+    teacher_tok = Tokenizer(WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    student_tok = Tokenizer(WordLevel({"a": 0, "c": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    manifest = dataclasses.replace(MANIFEST, tokenizer_fingerprint=tokenizer_fingerprint(teacher_tok))
+    with running_server(tmp_path) as (_, client):
+        _sealed_shard(client, 0, manifest, make_records(2))
+        loader = SparseKDLoader(client, [0], batch_size=2)
+        loader.check_student(tokenizer=teacher_tok)
+        with pytest.raises(ShardSetError, match="tokenizer_fingerprint: shard 0 was cached with tokenizer"):
+            loader.check_student(tokenizer=student_tok)

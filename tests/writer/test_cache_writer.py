@@ -26,7 +26,7 @@ from logitcache.targets.sampling import sample
 from logitcache.targets.sparse import SparseTargets
 from logitcache.targets.synthetic import lm_like_logits
 from logitcache.testing import ServerProcess, StreamLoad
-from logitcache.writer import CacheWriter, WriterClosedError
+from logitcache.writer import CacheWriter, WriterClosedError, sequence_seed
 from tests.server.helpers import running_server
 
 V = 500
@@ -58,12 +58,18 @@ def _check_stored(client: CacheClient, shard: int, expected_ids: dict[int, torch
 def test_records_hold_exactly_what_the_sampler_drew(tmp_path: Path) -> None:
     ids, logits = _batch(3, seed=1)
     with running_server(tmp_path) as (_, client):
-        with CacheWriter(client, 0, SAMPLER, generator=torch.Generator().manual_seed(7), seq_len=T) as writer:
+        with CacheWriter(client, 0, SAMPLER, seed=7, seq_len=T) as writer:
             writer.write([10, 11, 12], ids, logits)
-        expected = sample(logits.reshape(3 * T, V), SAMPLER, torch.Generator().manual_seed(7))
+        # each seq drawn from its own generator, seeded by (seed, shard, seq) only
+        expected = [
+            sample(logits[row], SAMPLER, torch.Generator().manual_seed(sequence_seed(7, 0, seq)))
+            for row, seq in enumerate([10, 11, 12])
+        ]
         stored = [SparseTargets.from_record(records.decode(d)) for _, d in client.read(0, seqs=[10, 11, 12])]
-        assert torch.equal(torch.cat([t.token_ids for t in stored]), expected.token_ids)
-        assert torch.equal(torch.cat([t.values for t in stored]), expected.values)
+        for got, want in zip(stored, expected, strict=True):
+            assert torch.equal(got.token_ids, want.token_ids)
+            assert torch.equal(got.values, want.values)
+            assert torch.equal(got.offsets, want.offsets)
         stats = writer.stats()
         assert (stats.records_written, stats.positions_acked, stats.pending_records) == (3, 3 * T, 0)
         assert stats.bytes_per_position == pytest.approx(

@@ -14,7 +14,7 @@ from logitcache.core.config import SamplerConfig
 from logitcache.targets.sampling import sample
 from logitcache.targets.sparse import SparseTargets
 from logitcache.targets.synthetic import lm_like_logits
-from logitcache.writer import CacheWriter
+from logitcache.writer import CacheWriter, sequence_seed
 from tests.server.helpers import running_server
 
 pytestmark = pytest.mark.cuda
@@ -29,16 +29,18 @@ def test_cuda_logits_are_stored_exactly_as_sampled_on_the_device(tmp_path: Path,
     ids = torch.randint(0, V, (4, T), generator=host).cuda()
     expected_ids = ids.cpu().clone()
     with running_server(tmp_path) as (_, client):
-        with CacheWriter(
-            client, 0, sampler, generator=torch.Generator("cuda").manual_seed(7), seq_len=T, batch_records=1
-        ) as writer:
+        with CacheWriter(client, 0, sampler, seed=7, seq_len=T, batch_records=1) as writer:
             for b in range(0, 4, 2):
                 writer.write([b, b + 1], ids[b : b + 2], logits[b : b + 2])
             ids.zero_()  # the caller reuses its buffers at once: the writer's copies were ordered before
             logits.zero_()
-        reference = torch.Generator("cuda").manual_seed(7)
         fresh = lm_like_logits(4 * T, V, generator=torch.Generator().manual_seed(1), dtype=torch.bfloat16).cuda()
-        expected = [sample(fresh[b * T : (b + 2) * T], sampler, reference).to("cpu") for b in range(0, 4, 2)]
+        expected = [
+            sample(fresh[s * T : (s + 1) * T], sampler, torch.Generator("cuda").manual_seed(sequence_seed(7, 0, s))).to(
+                "cpu"
+            )
+            for s in range(4)
+        ]
         stored = [records.decode(data) for _, data in client.read(0, seqs=range(4))]
     for seq, record in enumerate(stored):
         np.testing.assert_array_equal(record.input_ids, expected_ids[seq].numpy())

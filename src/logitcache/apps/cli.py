@@ -83,11 +83,13 @@ def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=[*TEACHER_DTYPES, "auto"], default="auto", help="auto: bfloat16 on CUDA")
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     parser.add_argument("--limit", type=int, help="use only the first N sequences of the corpus")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (rank r uses seed + r)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (seq s of shard h: seeded by seed, h, s)")
     parser.add_argument(
         "--teacher-name", help="the manifest's teacher (default: the model directory's or GGUF file's name)"
     )
-    parser.add_argument("--seal", action="store_true", help="seal the shard when every sequence is stored")
+    parser.add_argument(
+        "--no-seal", dest="seal", action="store_false", help="leave the shard open when every sequence is stored"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -378,7 +378,7 @@ def _run(options: DemoOptions, say: _Printer, cleanup: ExitStack) -> int:
             seq_len=t,
             teacher=TEACHER_NAME,
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-            generator=torch.Generator().manual_seed(options.seed),
+            seed=options.seed,
         ) as writer,
         tqdm(total=n * t, desc="teacher   → cache", unit="pos", unit_scale=True, **bar_args) as bar,
         torch.no_grad(),
@@ -392,6 +392,7 @@ def _run(options: DemoOptions, say: _Printer, cleanup: ExitStack) -> int:
         writer.flush()
         _advance(bar, shown, writer.stats().positions_acked)
     stats = writer.stats()
+    client.seal_shard(SHARD)  # complete: loaders accept only sealed shards by default
     teacher_loss = float(teacher_ce) / (n * (t - 1))
 
     # 4. the student, from the cache

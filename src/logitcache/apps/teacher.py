@@ -4,11 +4,22 @@ Sequence ``i`` of the corpus (tokens ``[i·T, (i+1)·T)``, see :mod:`logitcache.
 stored as seq ``i``. Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``), rank ``r`` of
 ``W`` takes the contiguous slice ``[r·n/W, (r+1)·n/W)`` of the sequences and writes shard
 ``--shard + r``, on ``cuda:LOCAL_RANK`` when there is a GPU: many GPUs fill the cache together and
-no two ranks touch the same shard. A rerun skips the seqs its shard already holds, so an
-interrupted job resumes where it stopped. A rerun must use the same ``WORLD_SIZE`` and ``--limit``:
-a shard holding seqs outside its rank's slice is refused (exit 2).
-The shard's manifest records the teacher and the tokenizer's fingerprint; a rerun with another
-teacher, tokenizer or sampler is refused by the server (FAILED_PRECONDITION), never mixed in.
+no two ranks touch the same shard.
+
+**The run record.** Each shard's manifest records the teacher, the tokenizer's fingerprint, the
+sampler and the run (:class:`~logitcache.core.manifest.TeacherRun`: the corpus fingerprint, the
+run's size, ``WORLD_SIZE``, the rank, its slice and ``--seed``); the server stores no seq outside
+the slice. A rerun into a shard whose record differs (another world size, ``--limit``, corpus,
+seed, teacher or sampler) is refused (exit 2) naming each differing field with both values, as is
+a run whose slice overlaps a shard holding the same corpus with the same teacher and sampler
+(those seqs would be stored, and trained on, twice).
+
+**Resume.** A rerun of the same command skips the seqs its shard already holds. Batches are the
+fixed runs ``[lo + j·B, lo + (j+1)·B)`` of the slice and seq ``s`` is sampled with its own seed
+(:func:`~logitcache.writer.cache_writer.sequence_seed`), so a resumed run stores exactly the bytes
+of an uninterrupted one. Ctrl-C ends with one line saying how many sequences are stored. When
+every seq of the slice is stored the shard is sealed (``--no-seal``: left open), and loaders
+accept it (they refuse unsealed shards by default).
 """
 
 from __future__ import annotations
@@ -26,14 +37,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from logitcache.apps.corpus import load_sequences, tokenizer_fingerprint
+from logitcache.apps.corpus import corpus_fingerprint, load_sequences, tokenizer_fingerprint
 from logitcache.client import CacheClient, NotFoundError
 from logitcache.core.config import SamplerConfig
-from logitcache.core.manifest import ShardManifest
+from logitcache.core.manifest import ShardInfo, ShardManifest, TeacherRun
 from logitcache.extras import require
 from logitcache.writer.cache_writer import CacheWriter
 
-__all__ = ["TeacherSummary", "run"]
+__all__ = ["TeacherInterrupted", "TeacherSummary", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +63,26 @@ class TeacherSummary:
     bytes_per_position: float
 
 
+class TeacherInterrupted(KeyboardInterrupt):
+    """Ctrl-C: ``stored`` of the shard's ``sequences`` seqs are durably stored (``None``: unknown)."""
+
+    def __init__(self, shard: int, stored: int | None, sequences: int) -> None:
+        super().__init__(shard, stored, sequences)
+        self.shard, self.stored, self.sequences = shard, stored, sequences
+
+    def __str__(self) -> str:
+        stored = "an unknown number" if self.stored is None else str(self.stored)
+        return (
+            f"interrupted: {stored} of {self.sequences} sequences of shard {self.shard} are stored; "
+            "rerun the same command to resume"
+        )
+
+
 def _pretrained(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """``from_pretrained``'s folder and keywords for ``--model DIR`` or ``--gguf-file FILE``."""
     if args.gguf_file is None:
+        if not args.model.is_dir():  # from_pretrained would take it for a hub name and go to the network
+            raise FileNotFoundError(f"--model {args.model}: no such directory")
         return str(args.model), {}
     for module in ("gguf", "accelerate"):  # transformers needs both to load a GGUF checkpoint
         require(module, extra="gguf", by="logitcache teacher --gguf-file")
@@ -121,38 +149,62 @@ def run(args: argparse.Namespace) -> TeacherSummary:
         seq_len=args.seq_len,
         teacher=args.teacher_name or (args.model.resolve().name if args.gguf_file is None else args.gguf_file.stem),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
+        run=TeacherRun(
+            corpus_fingerprint=corpus_fingerprint(sequences[:total]),
+            sequences=total,
+            world_size=world_size,
+            rank=rank,
+            seq_start=lo,
+            seq_stop=hi,
+            seed=args.seed,
+        ),
     )
     client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
+    started = time.perf_counter()
     try:
-        todo = _not_yet_stored(client, shard, lo, hi)
-        generator = torch.Generator(device).manual_seed(args.seed + rank)
-        started = time.perf_counter()
-        with CacheWriter(
-            client,
-            shard,
-            sampler,
-            vocab_size=vocab,
-            seq_len=manifest.seq_len,
-            teacher=manifest.teacher,
-            tokenizer_fingerprint=manifest.tokenizer_fingerprint,
-            generator=generator,
-        ) as writer:
-            progress = _progress(len(todo) * args.seq_len, f"rank {rank} → shard {shard}", args.no_progress)
-            for at in range(0, len(todo), args.batch_size):
-                seqs = todo[at : at + args.batch_size].astype(np.int64)
-                ids = torch.from_numpy(np.asarray(sequences[seqs], dtype=np.int64)).to(device)
-                with torch.inference_mode():
-                    logits = model(input_ids=ids).logits
-                writer.write(seqs.tolist(), ids, logits)
-                stats = writer.stats()
-                progress.set_postfix(
-                    acked=f"{stats.positions_per_s:,.0f} pos/s", B_pos=f"{stats.bytes_per_position:.1f}"
-                )
-                progress.update(ids.numel())
-            writer.flush()
-            progress.close()
-        stats = writer.stats()
-        if args.seal:
+        stored = _check_run(client, shard, manifest)
+        batches = []  # the slice's fixed batches, with the rows still to store
+        for start in range(lo, hi, args.batch_size):
+            seqs = np.arange(start, min(start + args.batch_size, hi), dtype=np.int64)
+            needed = ~np.isin(seqs, stored)
+            if needed.any():
+                batches.append((seqs, needed))
+        todo = sum(int(needed.sum()) for _, needed in batches)
+        written = positions = 0
+        bytes_per_position = 0.0
+        if batches:
+            try:
+                with CacheWriter(
+                    client,
+                    shard,
+                    sampler,
+                    vocab_size=vocab,
+                    seq_len=manifest.seq_len,
+                    teacher=manifest.teacher,
+                    tokenizer_fingerprint=manifest.tokenizer_fingerprint,
+                    run=manifest.run,
+                    seed=args.seed,
+                ) as writer:
+                    progress = _progress(todo * args.seq_len, f"rank {rank} → shard {shard}", args.no_progress)
+                    for seqs, needed in batches:
+                        ids = torch.from_numpy(np.asarray(sequences[seqs], dtype=np.int64)).to(device)
+                        with torch.inference_mode():
+                            logits = model(input_ids=ids).logits  # the whole fixed batch: the same logits on resume
+                        rows = torch.from_numpy(needed).to(device)
+                        writer.write(seqs[needed].tolist(), ids[rows], logits[rows])
+                        stats = writer.stats()
+                        progress.set_postfix(
+                            acked=f"{stats.positions_per_s:,.0f} pos/s", B_pos=f"{stats.bytes_per_position:.1f}"
+                        )
+                        progress.update(int(needed.sum()) * args.seq_len)
+                    writer.flush()
+                    progress.close()
+            except KeyboardInterrupt:
+                raise TeacherInterrupted(shard, _stored_count(client, shard), hi - lo) from None
+            stats = writer.stats()
+            written, positions = stats.records_written, stats.positions_acked
+            bytes_per_position = stats.bytes_per_position
+        if args.seal and hi > lo:
             client.seal_shard(shard)
     finally:
         client.close()
@@ -162,34 +214,60 @@ def run(args: argparse.Namespace) -> TeacherSummary:
         world_size=world_size,
         shard=shard,
         sequences=hi - lo,
-        skipped=(hi - lo) - len(todo),
-        written=stats.records_written,
-        positions=stats.positions_acked,
+        skipped=(hi - lo) - todo,
+        written=written,
+        positions=positions,
         seconds=round(seconds, 3),
-        positions_per_s=round(stats.positions_acked / seconds if seconds > 0 else 0.0, 1),
-        bytes_per_position=round(stats.bytes_per_position, 3),
+        positions_per_s=round(positions / seconds if seconds > 0 else 0.0, 1),
+        bytes_per_position=round(bytes_per_position, 3),
     )
 
 
-def _not_yet_stored(client: CacheClient, shard: int, lo: int, hi: int) -> npt.NDArray[np.uint64]:
-    """Seqs of this rank's slice ``[lo, hi)`` that ``shard`` does not hold yet.
-
-    A shard holding seqs outside the slice was filled by a run that split the corpus differently
-    (another ``WORLD_SIZE`` or ``--limit``): refused, since going on could store seqs twice across
-    shards. (The manifest cannot tell runs apart: two runs may legitimately share one, e.g. two
-    independent samplings of the same corpus.)
-    """
+def _check_run(client: CacheClient, shard: int, manifest: ShardManifest) -> npt.NDArray[np.uint64]:
+    """The seqs ``shard`` already holds, once this run may go on; ``ValueError`` naming what differs if not."""
+    assert manifest.run is not None
+    run = manifest.run
+    for other in client.list_shards():
+        if other.manifest is None:  # damaged: its own error, on its own shard
+            continue
+        if other.shard == shard:
+            differences = other.manifest.differences(manifest)
+            if differences:
+                described = ShardManifest.describe(differences, "stored", "this run")
+                raise ValueError(
+                    f"shard {shard} was filled by another run ({described}): "
+                    "rerun with that run's settings, or write to another --shard"
+                )
+        elif _overlaps(other, manifest):
+            theirs = other.manifest.run
+            assert theirs is not None
+            raise ValueError(
+                f"shard {other.shard} already holds seqs [{theirs.seq_start}, {theirs.seq_stop}) of this corpus with "
+                f"the same teacher and sampler; this run's shard {shard} would store [{run.seq_start}, {run.seq_stop}) "
+                "again and a loader would train on them twice: rerun with the --shard, WORLD_SIZE and --limit of "
+                f"the run that filled shard {other.shard}"
+            )
     try:
-        stored = client.list_seqs(shard)
+        return client.list_seqs(shard)
     except NotFoundError:
-        return np.arange(lo, hi, dtype=np.uint64)
-    outside = stored[(stored < lo) | (stored >= hi)]
-    if outside.size:
-        raise ValueError(
-            f"shard {shard} holds seq {int(outside[0])}, outside this rank's slice [{lo}, {hi}): "
-            "rerun with the WORLD_SIZE and --limit of the run that filled it"
-        )
-    return np.setdiff1d(np.arange(lo, hi, dtype=np.uint64), stored)
+        return np.zeros(0, dtype=np.uint64)
+
+
+def _overlaps(other: ShardInfo, manifest: ShardManifest) -> bool:
+    """Whether ``other`` holds seqs of this run's slice: the same corpus, targets and overlapping slices."""
+    mine, theirs = manifest.run, other.manifest.run if other.manifest is not None else None
+    if mine is None or theirs is None or theirs.corpus_fingerprint != mine.corpus_fingerprint:
+        return False
+    if other.manifest is None or other.manifest.differences(manifest, runs=False):
+        return False
+    return max(mine.seq_start, theirs.seq_start) < min(mine.seq_stop, theirs.seq_stop)
+
+
+def _stored_count(client: CacheClient, shard: int) -> int | None:
+    try:
+        return client.get_shard(shard).sequences
+    except Exception:  # the server is gone too: say so rather than fail again
+        return None
 
 
 def _progress(total: int, description: str, disable: bool) -> Any:
@@ -204,6 +282,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         summary = run(args)
+    except TeacherInterrupted as exc:
+        print(f"logitcache teacher: {exc}", file=sys.stderr)
+        return 130
     except (CacheError, ImportError, RuntimeError) as exc:  # refused, unreachable, writer failed; an extra missing
         print(f"logitcache teacher: error: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,9 @@
 Fixed when the shard is created; the server refuses a record whose header disagrees (vocabulary,
 method and its parameters, sequence length). The teacher name and tokenizer fingerprint are
 what a training job checks before trusting the shard's input ids (paper D.3: teacher and
-student must see exactly the same token sequences).
+student must see exactly the same token sequences). A shard that ``logitcache teacher`` fills
+also records its :class:`TeacherRun`: the corpus, the run's split and the slice of seqs it holds,
+so that a rerun that would split differently is refused and a loader can find seqs stored twice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from logitcache.core.config import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
 from logitcache.core.records import RecordHeader
 
-__all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest"]
+__all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest", "TeacherRun"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,32 @@ def _f32(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class TeacherRun:
+    """The teacher run that fills a shard (rank ``rank`` of ``world_size``): seqs ``[seq_start, seq_stop)``."""
+
+    corpus_fingerprint: str  # identifies the run's token sequences (apps.corpus.corpus_fingerprint)
+    sequences: int  # sequences in the whole run, over all ranks
+    world_size: int
+    rank: int
+    seq_start: int
+    seq_stop: int
+    seed: int  # sampling seed: seq s of shard h is drawn with writer.sequence_seed(seed, h, s)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.world_size < 2**32 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"run.rank: expected 0 <= rank < world_size, got {self.rank}, {self.world_size}")
+        if not 0 <= self.seq_start <= self.seq_stop <= self.sequences < 2**64:
+            raise ValueError(
+                f"run.seq_start: expected 0 <= seq_start <= seq_stop <= sequences, "
+                f"got {self.seq_start}, {self.seq_stop}, {self.sequences}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"run.seed: expected 0 <= seed < 2**64, got {self.seed}")
+        if len(self.corpus_fingerprint) > 1024:
+            raise ValueError("run.corpus_fingerprint: expected at most 1024 characters")
+
+
+@dataclass(frozen=True)
 class ShardManifest:
     """Validated on construction (``ValueError`` naming the field)."""
 
@@ -48,8 +76,12 @@ class ShardManifest:
     seq_len: int = 0  # positions per record; 0 = any
     teacher: str = ""  # teacher model name or path
     tokenizer_fingerprint: str = ""  # identifies the tokenizer of the input ids
+    run: TeacherRun | None = None  # the teacher run filling the shard (None: not recorded)
 
     def __post_init__(self) -> None:
+        run: object = self.run
+        if isinstance(run, dict):  # from JSON
+            object.__setattr__(self, "run", TeacherRun(**run))
         # the wire and the records carry float32: store what survives the round trip
         object.__setattr__(self, "temperature", _f32(self.temperature))
         if self.top_p is not None:
@@ -83,6 +115,7 @@ class ShardManifest:
         seq_len: int = 0,
         teacher: str = "",
         tokenizer_fingerprint: str = "",
+        run: TeacherRun | None = None,
     ) -> ShardManifest:
         """The manifest for records that ``config`` produces."""
         topk = config.method == "topk"
@@ -96,10 +129,44 @@ class ShardManifest:
             seq_len=seq_len,
             teacher=teacher,
             tokenizer_fingerprint=tokenizer_fingerprint,
+            run=run,
         )
 
-    def check(self, header: RecordHeader) -> None:
-        """Raise :class:`ManifestMismatchError` if a record's header disagrees with the manifest."""
+    def differences(self, other: ShardManifest, *, runs: bool = True) -> list[tuple[str, object, object]]:
+        """``(field, mine, other's)`` for every field that differs (``run.<field>`` inside the runs).
+
+        ``runs=False`` compares only what defines the targets (two shards of one run differ in
+        their slices, not in that).
+        """
+        found = []
+        for f in fields(self):
+            if f.name == "run":
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine != theirs:
+                found.append((f.name, mine, theirs))
+        if runs and self.run != other.run:
+            if self.run is None or other.run is None:
+                found.append(("run", self.run, other.run))
+            else:
+                for f in fields(TeacherRun):
+                    mine, theirs = getattr(self.run, f.name), getattr(other.run, f.name)
+                    if mine != theirs:
+                        found.append((f"run.{f.name}", mine, theirs))
+        return found
+
+    @staticmethod
+    def describe(differences: list[tuple[str, object, object]], mine: str, theirs: str) -> str:
+        """``"run.world_size: 2 (mine) vs 1 (theirs); ..."``: what :meth:`differences` found, for a message."""
+        return "; ".join(f"{name}: {a!r} ({mine}) vs {b!r} ({theirs})" for name, a, b in differences)
+
+    def check(self, header: RecordHeader, seq: int | None = None) -> None:
+        """Raise :class:`ManifestMismatchError` if a record's header (or its seq) disagrees with the manifest."""
+        if seq is not None and self.run is not None and not self.run.seq_start <= seq < self.run.seq_stop:
+            raise ManifestMismatchError(
+                "seq",
+                f"the shard holds the teacher run's seqs [{self.run.seq_start}, {self.run.seq_stop}), not {seq}",
+            )
         expected: list[tuple[str, object, object]] = [
             ("method", self.method, header.kind),
             ("vocab_size", self.vocab_size, header.vocab_size),

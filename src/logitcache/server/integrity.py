@@ -217,7 +217,7 @@ def _verify_env(env: lmdb.Environment, report: ShardReport) -> None:
                 record = layout.unwrap(key, value)
                 decoded = records.decode(record)
                 if manifest is not None:
-                    manifest.check(decoded.header)
+                    manifest.check(decoded.header, seq)
             except (
                 layout.UnboundValueError,
                 layout.ValueLengthError,

@@ -338,7 +338,7 @@ class Shard:
             seen.add(seq)
             try:
                 header = records.decode(data).header
-                self.manifest.check(header)
+                self.manifest.check(header, seq)
             except ManifestMismatchError as exc:
                 raise ManifestError(f"record for seq {seq} does not match shard {self.shard_id}: {exc}") from exc
             except records.RecordError as exc:

@@ -132,7 +132,8 @@ class Store:
         shard.require_intact()
         assert shard.manifest is not None  # an intact shard has one
         if shard.manifest != manifest:
-            raise ManifestError(f"shard {shard.shard_id} exists with a different manifest: {shard.manifest.to_json()}")
+            differences = ShardManifest.describe(shard.manifest.differences(manifest), "stored", "requested")
+            raise ManifestError(f"shard {shard.shard_id} exists with a different manifest: {differences}")
         return shard
 
     def get(self, shard_id: int) -> Shard:

@@ -8,8 +8,9 @@ ships a record's packed bytes to a device and unpacks and validates them there w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,24 @@ class SparseTargets:
             values=self.values[lo:hi],
             offsets=self.offsets[start : end + 1] - lo,
             weights=None if self.weights is None else self.weights[lo:hi],
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[SparseTargets]) -> SparseTargets:
+        """The positions of ``parts`` (same kind and parameters) one after another."""
+        if not parts:
+            raise ValueError("parts: expected at least one SparseTargets")
+        first = parts[0]
+        shifts = [0, *itertools.accumulate(p.num_entries for p in parts[:-1])]
+        offsets = torch.cat(
+            [first.offsets[:1], *(p.offsets[1:] + shift for p, shift in zip(parts, shifts, strict=True))]
+        )
+        return dataclasses.replace(
+            first,
+            token_ids=torch.cat([p.token_ids for p in parts]),
+            values=torch.cat([p.values for p in parts]),
+            offsets=offsets,
+            weights=None if first.weights is None else torch.cat([p.weights for p in parts]),  # type: ignore[misc]
         )
 
     def to(self, device: torch.device | str) -> SparseTargets:

@@ -4,10 +4,19 @@ import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the ext
 from logitcache.training.loader import (
     AlignmentError,
     LoaderStateError,
+    ShardSetError,
     SparseKDBatch,
     SparseKDLoader,
     plan_batches,
     verify_alignment,
 )
 
-__all__ = ["AlignmentError", "LoaderStateError", "SparseKDBatch", "SparseKDLoader", "plan_batches", "verify_alignment"]
+__all__ = [
+    "AlignmentError",
+    "LoaderStateError",
+    "ShardSetError",
+    "SparseKDBatch",
+    "SparseKDLoader",
+    "plan_batches",
+    "verify_alignment",
+]

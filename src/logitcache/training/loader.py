@@ -30,6 +30,16 @@ world size or ordering. With DataLoader workers the loader object in the main pr
 what was consumed: pass ``state_dict(batches_done=batch.batch_index + 1)``. Nor do ``set_epoch`` and
 ``load_state_dict`` reach the copies in ``persistent_workers=True`` workers: keep them off.
 
+**Safety.** At construction the loader reads every shard's manifest and refuses
+(:class:`ShardSetError`) shards whose manifests disagree on what the targets are (vocabulary,
+method and parameters, sequence length, teacher, tokenizer; ``allow_mixed=True`` permits it),
+unsealed shards (still being written: ``allow_unsealed=True`` permits it, with a warning), and a
+seq stored in two shards of the same corpus (trained on twice: ``allow_duplicates=True``).
+``loader.manifest`` and ``loader.vocab_size`` say what the targets are;
+:meth:`~SparseKDLoader.check_student` refuses a student whose vocabulary is smaller than the
+teacher's or whose tokenizer differs. A larger student vocabulary (the teacher's padded to a
+multiple of 64 or 128) is fine: the extra ids get zero target mass.
+
 **Targets.** ``target_probs`` are the normalised targets by default; ``normalize=False`` hands out
 the exactly unbiased ones of a tempered proposal (pass ``KDParams(normalized_targets=False)`` to the
 loss); :mod:`logitcache.kd.loss` says what each costs. At temperature 1 the two are the same.
@@ -47,9 +57,11 @@ is raised in the training loop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -64,11 +76,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from logitcache.client.grpc_client import CacheClient
 from logitcache.core import records
+from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.targets.sparse import decode_torch
 
 __all__ = [
     "AlignmentError",
     "LoaderStateError",
+    "ShardSetError",
     "SparseKDBatch",
     "SparseKDLoader",
     "plan_batches",
@@ -84,13 +98,23 @@ class LoaderStateError(ValueError):
     """A loader state that does not belong to this loader (different seed, shards, ...)."""
 
 
+class ShardSetError(ValueError):
+    """The shards cannot be trained on as they are: mixed manifests, unsealed, seqs stored twice, or a
+    student that does not fit their vocabulary or tokenizer. The message names the shards and the opt-in."""
+
+
 class AlignmentError(ValueError):
     """The caller's token ids are not the ones the cached targets were computed on."""
 
 
 @dataclass
 class SparseKDBatch:
-    """One batch, padded. Targets at position ``t`` are the teacher's distribution for token ``t + 1``."""
+    """One batch, padded. Targets at position ``t`` are the teacher's distribution for token ``t + 1``.
+
+    Dict-like as well, for loops and trainers written against dict batches: ``batch["labels"]``,
+    ``"labels" in batch``, ``f(**batch)``, :meth:`to_dict`. (Not a ``collections.abc.Mapping``: a
+    ``DataLoader`` would turn one into a plain dict.)
+    """
 
     input_ids: Tensor  # [B, T] int64
     labels: Tensor  # [B, T] int64: input_ids shifted left, ignore_index at the end and at padding
@@ -102,6 +126,21 @@ class SparseKDBatch:
     input_hashes: list[int]  # the records' xxh64 of their input ids (see verify_alignment)
     epoch: int
     batch_index: int  # this rank's batch number within the epoch
+
+    def keys(self) -> tuple[str, ...]:
+        return _BATCH_FIELDS
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _BATCH_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _BATCH_FIELDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name (the tensors are not copied)."""
+        return {name: getattr(self, name) for name in _BATCH_FIELDS}
 
     def _tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
@@ -117,6 +156,9 @@ class SparseKDBatch:
     @property
     def num_positions(self) -> int:
         return int(self.attention_mask.sum())
+
+
+_BATCH_FIELDS = tuple(f.name for f in fields(SparseKDBatch))
 
 
 def _rank_slices(
@@ -201,6 +243,9 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         ignore_index: int = -100,
         normalize: bool = True,
         device_decode: bool = False,
+        allow_mixed: bool = False,
+        allow_unsealed: bool = False,
+        allow_duplicates: bool = False,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -233,6 +278,13 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         self.ignore_index = ignore_index
         self.normalize = normalize
         self.device_decode = device_decode
+        infos = {shard: client.get_shard(shard) for shard in self.shards}
+        self.manifests: dict[int, ShardManifest] = _checked_manifests(infos, allow_mixed, allow_unsealed)
+        first = self.manifests[self.shards[0]]
+        mixed = any(m.differences(first, runs=False) for m in self.manifests.values())
+        # what the targets are (None when mixing was allowed and they differ); the run's slice is per shard
+        self.manifest: ShardManifest | None = None if mixed else dataclasses.replace(first, run=None)
+        self.vocab_size = max(m.vocab_size for m in self.manifests.values())
         digest = xxhash.xxh64()
         parts_shard, parts_seq = [], []
         for shard in self.shards:
@@ -243,9 +295,34 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
             parts_seq.append(seqs)
         self._item_shard = np.concatenate(parts_shard)
         self._item_seq = np.concatenate(parts_seq)
+        if not allow_duplicates:
+            _refuse_duplicates(self.manifests, dict(zip(self.shards, parts_seq, strict=True)))
         self.fingerprint = digest.hexdigest()
         self._start = 0  # first batch of the next iteration (set by load_state_dict)
         self._batches_done = 0
+
+    def check_student(self, *, vocab_size: int | None = None, tokenizer: Any | None = None) -> None:
+        """Raise :class:`ShardSetError` unless a student with this output size and tokenizer fits the targets.
+
+        ``vocab_size`` (the student's logits' width) may exceed the teacher's (padding: those ids
+        get zero target mass), never fall short of it. ``tokenizer`` must have the fingerprint the
+        manifests record (shards without one are not checked).
+        """
+        if vocab_size is not None and vocab_size < self.vocab_size:
+            raise ShardSetError(
+                f"vocab_size: the student's vocabulary ({vocab_size}) is smaller than the teacher's "
+                f"({self.vocab_size}) that the cached target ids index"
+            )
+        if tokenizer is not None:
+            from logitcache.apps.corpus import tokenizer_fingerprint
+
+            mine = tokenizer_fingerprint(tokenizer)
+            for shard, manifest in self.manifests.items():
+                if manifest.tokenizer_fingerprint and manifest.tokenizer_fingerprint != mine:
+                    raise ShardSetError(
+                        f"tokenizer_fingerprint: shard {shard} was cached with tokenizer "
+                        f"{manifest.tokenizer_fingerprint}, the student's is {mine}"
+                    )
 
     # ----------------------------------------------------------------- order and state
 
@@ -434,6 +511,50 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         tensors = {"input_ids": input_ids, "labels": labels, "target_ids": target_ids}
         tensors |= {"target_probs": target_probs, "attention_mask": mask}
         return self._batch(index, keys, [r.header.input_hash for r in decoded], tensors)
+
+
+def _checked_manifests(
+    infos: dict[int, ShardInfo], allow_mixed: bool, allow_unsealed: bool
+) -> dict[int, ShardManifest]:
+    """The shards' manifests, once they may be trained on together (:class:`ShardSetError` if not)."""
+    manifests: dict[int, ShardManifest] = {}
+    for shard, info in infos.items():
+        if info.manifest is None:  # GetShard of a damaged shard is DATA_LOSS; this is defensive
+            raise ShardSetError(f"shard {shard}: its manifest cannot be read ({info.damage})")
+        manifests[shard] = info.manifest
+    unsealed = [shard for shard, info in infos.items() if not info.sealed]
+    if unsealed:
+        what = f"shards {unsealed} are not sealed: they may still be being written"
+        if not allow_unsealed:
+            raise ShardSetError(f"{what}; seal them when complete, or pass allow_unsealed=True")
+        warnings.warn(f"{what}: training on what they hold now", stacklevel=3)
+    (first, reference), *rest = manifests.items()
+    for shard, manifest in rest:
+        differences = reference.differences(manifest, runs=False)
+        if differences and not allow_mixed:
+            raise ShardSetError(
+                f"shards {first} and {shard} hold different targets ("
+                f"{ShardManifest.describe(differences, f'shard {first}', f'shard {shard}')}): "
+                "pass allow_mixed=True to train on them together"
+            )
+    return manifests
+
+
+def _refuse_duplicates(manifests: dict[int, ShardManifest], seqs: dict[int, npt.NDArray[np.uint64]]) -> None:
+    """:class:`ShardSetError` if two shards of the same corpus (their runs' fingerprint) hold the same seq."""
+    by_corpus: dict[str, list[int]] = {}
+    for shard, manifest in manifests.items():
+        if manifest.run is not None and manifest.run.corpus_fingerprint:
+            by_corpus.setdefault(manifest.run.corpus_fingerprint, []).append(shard)
+    for corpus, shards in by_corpus.items():
+        for i, a in enumerate(shards):
+            for b in shards[i + 1 :]:
+                both = np.intersect1d(seqs[a], seqs[b], assume_unique=True)
+                if both.size:
+                    raise ShardSetError(
+                        f"shards {a} and {b} both hold seq {int(both[0])} of corpus {corpus} ({both.size} seqs in "
+                        "all): their targets would be trained on twice; pass allow_duplicates=True if that is meant"
+                    )
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:

@@ -20,6 +20,11 @@ the sender reopens the stream with backoff and resends every unacknowledged batc
 stores identical bytes once, so resends are exact) for up to ``retry_timeout`` seconds without
 progress. Anything else (a refused record, a conflict, a sealed shard, a full disk) is permanent:
 it is raised by the next ``write``, ``flush`` or ``close``, and nothing more is sent.
+
+Seeding: with ``seed``, the random draws of seq ``s`` use a generator seeded with
+:func:`sequence_seed` ``(seed, shard, s)`` and nothing else, so a record's bytes depend only on
+its logits and those three numbers: a resumed run stores exactly what an uninterrupted one would,
+whatever the batches. Without ``seed`` the draws come from torch's default generator.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import collections
 import functools
 import logging
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,23 +41,29 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import torch
+import xxhash
 from torch import Tensor
 
 from logitcache.client import BatchAck, CacheClient, CacheError, CancelledError, WriteStream
 from logitcache.client.errors import is_transient
 from logitcache.core import records
 from logitcache.core.config import SamplerConfig
-from logitcache.core.manifest import ShardManifest
+from logitcache.core.manifest import ShardManifest, TeacherRun
 from logitcache.targets.sampling import sample
 from logitcache.targets.sparse import SparseTargets
 
-__all__ = ["CacheWriter", "WriterClosedError", "WriterStats"]
+__all__ = ["CacheWriter", "WriterClosedError", "WriterStats", "sequence_seed"]
 
 log = logging.getLogger(__name__)
 
 _POLL = 0.05  # seconds between checks of the stop conditions in the background threads
 _BATCH_BYTES = 1 << 20  # about this many record bytes per Write message
 # CANCELLED: the ack watchdog cancelled the stream, or the server is shutting down
+
+
+def sequence_seed(seed: int, shard: int, seq: int) -> int:
+    """The generator seed for seq ``seq`` of shard ``shard`` in a run seeded with ``seed`` (63 bits)."""
+    return xxhash.xxh64_intdigest(struct.pack("<QQQ", seed & (2**64 - 1), shard, seq)) >> 1
 
 
 def _retryable(exc: CacheError) -> bool:
@@ -125,7 +137,8 @@ class CacheWriter:
         seq_len: int = 0,
         teacher: str = "",
         tokenizer_fingerprint: str = "",
-        generator: torch.Generator | None = None,
+        run: TeacherRun | None = None,
+        seed: int | None = None,
         overwrite: bool = False,
         dense: bool = False,
         topk_value_bits: int | None = None,
@@ -154,8 +167,10 @@ class CacheWriter:
             seq_len=seq_len,
             teacher=teacher,
             tokenizer_fingerprint=tokenizer_fingerprint,
+            run=run,
         )
-        self.generator = generator
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
         self.overwrite = overwrite
         self.dense = dense
         self.topk_value_bits = topk_value_bits
@@ -268,7 +283,7 @@ class CacheWriter:
             with torch.cuda.device(input_ids.device):
                 host_ids = _pinned_copy(input_ids.detach())
                 events.append(_recorded_event())
-        targets = sample(teacher_logits.detach().reshape(b * t, v), self.sampler, self.generator)
+        targets = self._sample(seqs, teacher_logits.detach())
         if targets.device.type == "cuda":
             with torch.cuda.device(targets.device):
                 targets = _to_pinned_host(targets)
@@ -282,6 +297,20 @@ class CacheWriter:
                 self._pending_records -= b
             raise
         self._seconds_in_write += time.perf_counter() - started
+
+    def _sample(self, seqs: list[int], logits: Tensor) -> SparseTargets:
+        """Sparse targets of ``logits [B, T, V]``; with ``seed``, each sequence drawn from its own seed."""
+        b, t, v = logits.shape
+        if self.seed is None or self.sampler.method == "topk":  # top-k draws nothing
+            return sample(logits.reshape(b * t, v), self.sampler)
+        generator = self._generators.get(logits.device)
+        if generator is None:
+            generator = self._generators[logits.device] = torch.Generator(logits.device)
+        parts = []
+        for row, seq in enumerate(seqs):
+            generator.manual_seed(sequence_seed(self.seed, self.shard, seq))
+            parts.append(sample(logits[row], self.sampler, generator))
+        return SparseTargets.cat(parts)
 
     def _put(self, work: _Work) -> None:
         try:

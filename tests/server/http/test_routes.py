@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from tokenizers.models import WordLevel
 
 from logitcache.client import FailedPreconditionError
 from logitcache.core import records
+from logitcache.core.manifest import TeacherRun
 from logitcache.testing import ServerProcess
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
 
@@ -95,7 +97,21 @@ def test_shards_and_completeness(served: Served) -> None:
     assert (detail["first_seq"], detail["last_seq"]) == (0, 11)
     assert (detail["missing"], detail["gaps"], detail["complete"]) == (1, [[5, 6]], False)
     assert detail["bytes_per_position"] == pytest.approx(detail["record_bytes"] / detail["positions"], abs=1e-3)
-    assert served.http.get("/v1/shards/1").json()["complete"] is True
+    assert served.http.get("/v1/shards/1").json()["complete"] is False  # no gap, but not sealed: maybe still filling
+    run = TeacherRun(
+        corpus_fingerprint="xxh64:0", sequences=700, world_size=1, rank=0, seq_start=0, seq_stop=700, seed=0
+    )
+    with served.server.client("tok") as client:
+        client.create_shard(3, TOPK_MANIFEST)
+        client.write(3, make_records(3, topk=True))
+        client.seal_shard(3)
+        client.create_shard(4, dataclasses.replace(MANIFEST, run=run))
+        client.write(4, make_records(120))
+        client.seal_shard(4)  # sealed early, at 120 of its run's 700 seqs
+    assert served.http.get("/v1/shards/3").json()["complete"] is True
+    partial = served.http.get("/v1/shards/4").json()
+    assert partial["manifest"]["run"]["seq_stop"] == 700
+    assert (partial["missing"], partial["gaps"], partial["complete"]) == (580, [[120, 700]], False)
 
 
 def test_sequence_pages(served: Served) -> None:

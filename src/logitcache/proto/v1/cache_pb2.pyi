@@ -17,7 +17,7 @@ METHOD_SAMPLED: Method
 METHOD_TOPK: Method
 
 class Manifest(_message.Message):
-    __slots__ = ("vocab_size", "method", "rounds", "temperature", "k", "top_p", "seq_len", "teacher", "tokenizer_fingerprint")
+    __slots__ = ("vocab_size", "method", "rounds", "temperature", "k", "top_p", "seq_len", "teacher", "tokenizer_fingerprint", "run")
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Manifest(_message.Message):
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     vocab_size: int
     method: Method
     rounds: int
@@ -36,7 +37,26 @@ class Manifest(_message.Message):
     seq_len: int
     teacher: str
     tokenizer_fingerprint: str
-    def __init__(self, vocab_size: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., k: _Optional[int] = ..., top_p: _Optional[float] = ..., seq_len: _Optional[int] = ..., teacher: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
+    run: TeacherRun
+    def __init__(self, vocab_size: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., k: _Optional[int] = ..., top_p: _Optional[float] = ..., seq_len: _Optional[int] = ..., teacher: _Optional[str] = ..., tokenizer_fingerprint: _Optional[str] = ..., run: _Optional[_Union[TeacherRun, _Mapping]] = ...) -> None: ...
+
+class TeacherRun(_message.Message):
+    __slots__ = ("corpus_fingerprint", "sequences", "world_size", "rank", "seq_start", "seq_stop", "seed")
+    CORPUS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SEQ_START_FIELD_NUMBER: _ClassVar[int]
+    SEQ_STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    corpus_fingerprint: str
+    sequences: int
+    world_size: int
+    rank: int
+    seq_start: int
+    seq_stop: int
+    seed: int
+    def __init__(self, corpus_fingerprint: _Optional[str] = ..., sequences: _Optional[int] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., seq_start: _Optional[int] = ..., seq_stop: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
     __slots__ = ("shard", "manifest", "sealed", "sequences", "positions", "record_bytes", "disk_bytes", "has_sequences", "first_seq", "last_seq", "map_size", "damage", "damaged_records")

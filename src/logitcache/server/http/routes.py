@@ -7,6 +7,7 @@ exactly the ones that need it: ``ops`` (health, readiness: always open), ``metri
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Annotated, Any
 
@@ -70,19 +71,7 @@ def _summary(s: ShardInfo) -> dict[str, Any]:
     m = s.manifest
     return {
         "shard": s.shard,
-        "manifest": None
-        if m is None
-        else {
-            "vocab_size": m.vocab_size,
-            "method": m.method,
-            "rounds": m.rounds,
-            "temperature": m.temperature,
-            "k": m.k,
-            "top_p": m.top_p,
-            "seq_len": m.seq_len,
-            "teacher": m.teacher,
-            "tokenizer_fingerprint": m.tokenizer_fingerprint,
-        },
+        "manifest": None if m is None else dataclasses.asdict(m),
         "damage": s.damage,
         "damaged_records": s.damaged_records,
         "sealed": s.sealed,
@@ -109,7 +98,18 @@ def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) ->
     if stats.damage is not None:  # its seqs cannot be listed: completeness is unknown
         return {**_summary(stats), "missing": None, "gaps": None, "complete": None}
     missing, gaps = found.gaps(MAX_GAPS)
-    return {**_summary(stats), "missing": missing, "gaps": gaps, "complete": missing == 0}
+    run = stats.manifest.run if stats.manifest is not None else None
+    if run is not None:  # the teacher run says which seqs belong here: count those not yet stored at either end
+        first, last = (run.seq_stop, run.seq_stop - 1) if stats.first_seq is None else (stats.first_seq, stats.last_seq)
+        assert last is not None
+        ends = [(run.seq_start, first)] if first > run.seq_start else []
+        gaps = [*ends, *gaps]
+        if last + 1 < run.seq_stop:
+            gaps.append((last + 1, run.seq_stop))
+        missing = (run.seq_stop - run.seq_start) - stats.sequences
+        gaps = gaps[:MAX_GAPS]
+    # complete: sealed (the writer says it is done) and nothing missing
+    return {**_summary(stats), "missing": missing, "gaps": gaps, "complete": stats.sealed and missing == 0}
 
 
 @admin.post(

@@ -23,6 +23,16 @@ class ErrorBody(BaseModel):
     detail: str = Field(examples=["seq 42 is not in shard 0"])
 
 
+class TeacherRun(BaseModel):
+    corpus_fingerprint: str = Field(examples=["xxh64:9c1d…"])
+    sequences: int = Field(description="sequences in the whole run, over all ranks", examples=[4096])
+    world_size: int = Field(examples=[8])
+    rank: int = Field(examples=[0])
+    seq_start: int = Field(description="this shard holds the run's seqs [seq_start, seq_stop)", examples=[0])
+    seq_stop: int = Field(examples=[512])
+    seed: int = Field(examples=[0])
+
+
 class Manifest(BaseModel):
     vocab_size: int = Field(examples=[128256])
     method: str = Field(examples=["sampled"])
@@ -33,6 +43,7 @@ class Manifest(BaseModel):
     seq_len: int = Field(examples=[2048])
     teacher: str = Field(examples=["meta-llama/Llama-3.2-3B"])
     tokenizer_fingerprint: str = Field(examples=["sha256:1f2e…"])
+    run: TeacherRun | None = Field(default=None, description="the teacher run filling the shard (null: none recorded)")
 
 
 class ShardSummary(BaseModel):
@@ -51,9 +62,13 @@ class ShardSummary(BaseModel):
 
 
 class ShardDetail(ShardSummary):
-    missing: int | None = Field(description="seqs absent between first_seq and last_seq (null: damaged)", examples=[0])
+    missing: int | None = Field(
+        description="seqs not stored: of the teacher run's slice when the manifest has one, else between first_seq "
+        "and last_seq (null: damaged)",
+        examples=[0],
+    )
     gaps: list[tuple[int, int]] | None = Field(description="up to 100 missing [start, end) seq ranges", examples=[[]])
-    complete: bool | None = Field(description="no seq is missing between the first and the last (null: damaged)")
+    complete: bool | None = Field(description="sealed, and no seq missing (null: damaged)")
 
 
 class SealRequest(BaseModel):
