@@ -19,6 +19,11 @@
        reads from the server (shuffled, prefetch thread, CPU tensors);
    (c) ``full_kd_online``: the teacher's forward pass in the loop (no grad) and dense KL from its
        softmax to the student's, over all V.
+   (d) ``trainer_ce``: (a) through a plain Hugging Face ``Trainer`` (the model's own CE loss, a
+       tensor dataset of the same tokens, ``default_data_collator``);
+   (e) ``trainer_rs``: (b) through ``SparseKDTrainer`` (logitcache.integrations.transformers), the
+       same loader and shard. ``ratio_trainer_rs_vs_ce`` = (e) / (d): what distilling from the
+       cache costs a Trainer user over plain CE training (both pay Trainer's per-block set-up).
    Timing is interleaved in rounds: each round runs one block of each method (one loader epoch
    of ``--seqs`` sequences, ``--seqs / --batch-size`` steps; the loader starts cold in every
    block, so reading, decoding and padding are inside the RS time), in an order that rotates
@@ -46,9 +51,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from logitcache.client import CacheClient
 from logitcache.core.config import SamplerConfig
+from logitcache.integrations.transformers import SparseKDTrainer
 from logitcache.kd import sparse_kd_loss
 from logitcache.testing import ServerProcess
 from logitcache.training import SparseKDLoader
@@ -57,7 +64,7 @@ from logitcache.writer import CacheWriter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 from lm_corpus import make_llama
 
-METHODS = ("ce", "rs_cached", "full_kd_online")
+METHODS = ("ce", "rs_cached", "full_kd_online", "trainer_ce", "trainer_rs")
 IGNORE = -100
 
 
@@ -170,7 +177,33 @@ def _bench_ratio(
 
             step("full_kd_online", ids, loss_fn)
 
-    runners = {"ce": run_ce, "rs_cached": run_rs, "full_kd_online": run_full}
+    def trainer_args(round_: int, out: str) -> Any:
+        return TrainingArguments(
+            out, max_steps=steps, per_device_train_batch_size=b, learning_rate=1e-4, use_cpu=True, report_to=[],
+            save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_drop_last=True, seed=round_,
+        )  # fmt: skip
+
+    dataset = [{"input_ids": ids, "labels": ids} for ids in tokens]  # the model shifts the labels itself
+
+    def run_trainer_ce(round_: int) -> None:
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(students["trainer_ce"], trainer_args(round_, out), train_dataset=dataset,
+                              data_collator=default_data_collator)  # fmt: skip
+            assert trainer.train().global_step == steps
+
+    def run_trainer_rs(round_: int) -> None:
+        with tempfile.TemporaryDirectory() as out:
+            trainer = SparseKDTrainer(students["trainer_rs"], trainer_args(round_, out), trainer_loader)
+            assert trainer.train().global_step == steps
+
+    trainer_loader = SparseKDLoader(client, [shard], batch_size=b, seed=1, drop_last=True, rank=0, world_size=1)
+    runners = {
+        "ce": run_ce,
+        "rs_cached": run_rs,
+        "full_kd_online": run_full,
+        "trainer_ce": run_trainer_ce,
+        "trainer_rs": run_trainer_rs,
+    }
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for round_ in range(args.rounds + 1):  # round 0 warms up
         for j in range(len(METHODS)):
@@ -192,6 +225,9 @@ def _bench_ratio(
         "ratio_rs_vs_ce": round(tps["rs_cached"] / tps["ce"], 3),
         "ratio_rs_vs_full_kd": round(tps["rs_cached"] / tps["full_kd_online"], 3),
         "ratio_ce_vs_full_kd": round(tps["ce"] / tps["full_kd_online"], 3),
+        "tokens_per_s_trainer_ce": round(tps["trainer_ce"]),
+        "tokens_per_s_trainer_rs": round(tps["trainer_rs"]),
+        "ratio_trainer_rs_vs_ce": round(tps["trainer_rs"] / tps["trainer_ce"], 3),
         "step_ms_median": {m: round(1000 * statistics.median(times[m]) / steps, 1) for m in METHODS},
         "block_s": {m: [round(s, 3) for s in times[m]] for m in METHODS},
         "widest_k": widest,
@@ -246,6 +282,7 @@ def main() -> None:
         "tokens_per_s_full_kd_online": head["tokens_per_s_full_kd_online"],
         "ratio_rs_vs_ce": head["ratio_rs_vs_ce"],
         "ratio_rs_vs_full_kd": head["ratio_rs_vs_full_kd"],
+        "ratio_trainer_rs_vs_ce": head["ratio_trainer_rs_vs_ce"],
         "headline_teacher_student_ratio": head["teacher_student_ratio"],
         "student_params_m": round(_params(student) / 1e6, 2),
         "vocab_size": v,

@@ -69,8 +69,8 @@ async function selectShard(shard) {
   const method = m.method === "sampled" ? `sampled, N = ${m.rounds}` : `top-${m.k}`;
   $("shard-info").textContent =
     `V = ${m.vocab_size}, ${method}, ${info.sequences} seqs, ${info.positions} positions, ` +
-    `${info.bytes_per_position} B/position${info.complete ? "" : `, ${info.missing} missing`}` +
-    `${info.sealed ? ", sealed" : ""}`;
+    `${info.bytes_per_position} B/position${info.missing ? `, ${info.missing} missing` : ""}` +
+    `${info.sealed ? ", sealed" : ", not sealed"}`;
   await loadPage();
 }
 
