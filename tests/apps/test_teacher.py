@@ -253,20 +253,26 @@ def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
     total = 3000
     rng = np.random.default_rng(3)
     rng.integers(0, len(tokenizer), total * SEQ_LEN, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    args = [*_args(tiny_llama, tmp_path, 0, "--shard", "2"), "--batch-size", "2"]
+    # every run the same command in the same environment (one thread: the same float arithmetic)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def teacher(port: int) -> subprocess.Popen[str]:
+        args = [*_args(tiny_llama, tmp_path, port, "--shard", "2"), "--batch-size", "2"]
+        return subprocess.Popen(
+            [sys.executable, "-m", "logitcache", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
     with running_server(tmp_path / "data") as (server, client):
-        args[args.index("--server") + 1] = f"127.0.0.1:{server.port}"
-        teacher = subprocess.Popen(
-            [sys.executable, "-m", "logitcache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        interrupted = teacher(server.port)
         try:
             while not _stored(client, 2):  # the first records are durably stored: the run is under way
-                assert teacher.poll() is None, teacher.communicate()
-            teacher.send_signal(signal.SIGINT)
-            _, err = teacher.communicate(timeout=120)
+                assert interrupted.poll() is None, interrupted.communicate()
+            interrupted.send_signal(signal.SIGINT)
+            _, err = interrupted.communicate(timeout=120)
         finally:
-            teacher.kill()
-        assert teacher.returncode == 130, err
+            interrupted.kill()
+        assert interrupted.returncode == 130, err
         stored = client.get_shard(2).sequences
         assert 0 < stored < total
         last = err.strip().splitlines()[-1]
@@ -275,12 +281,13 @@ def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
             "rerun the same command to resume"
         )
         assert not client.get_shard(2).sealed
-        assert main(args) == 0  # the rerun resumes
+        rerun = teacher(server.port)  # resumes
+        assert rerun.wait(timeout=300) == 0, rerun.communicate()
         resumed = dict(client.read(2, seqs=range(total)))
         assert client.get_shard(2).sealed
     with running_server(tmp_path / "fresh") as (server, client):  # the same run, never interrupted
-        args[args.index("--server") + 1] = f"127.0.0.1:{server.port}"
-        assert main(args) == 0
+        whole = teacher(server.port)
+        assert whole.wait(timeout=300) == 0, whole.communicate()
         uninterrupted = dict(client.read(2, seqs=range(total)))
     assert len(resumed) == len(uninterrupted) == total
     differing = [seq for seq in range(total) if resumed[seq] != uninterrupted[seq]]
