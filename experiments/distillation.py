@@ -92,7 +92,8 @@ def _cache(
         cmd = [
             sys.executable, "-m", "logitcache", "teacher", *teacher.cli_args, "--data", str(data),
             "--seq-len", str(cfg["seq_len"]), "--server", client.address, "--shard", str(SHARDS[name]),
-            "--limit", str(cfg["sequences"]), "--batch-size", "8", "--no-progress", *extra,
+            "--limit", str(cfg["sequences"]), "--batch-size", "8", "--no-progress", "--seed", str(SHARDS[name]),
+            *extra,
         ]  # fmt: skip
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)

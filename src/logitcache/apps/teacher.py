@@ -11,8 +11,8 @@ sampler and the run (:class:`~logitcache.core.manifest.TeacherRun`: the corpus f
 run's size, ``WORLD_SIZE``, the rank, its slice and ``--seed``); the server stores no seq outside
 the slice. A rerun into a shard whose record differs (another world size, ``--limit``, corpus,
 seed, teacher or sampler) is refused (exit 2) naming each differing field with both values, as is
-a run whose slice overlaps a shard holding the same corpus with the same teacher and sampler
-(those seqs would be stored, and trained on, twice).
+a run whose slice overlaps a shard holding the same corpus with the same teacher, sampler and seed
+(the same records, stored and trained on twice; another ``--seed`` is a deliberate second sample).
 
 **Resume.** A rerun of the same command skips the seqs its shard already holds. Batches are the
 fixed runs ``[lo + j·B, lo + (j+1)·B)`` of the slice and seq ``s`` is sampled with its own seed
@@ -243,9 +243,9 @@ def _check_run(client: CacheClient, shard: int, manifest: ShardManifest) -> npt.
             assert theirs is not None
             raise ValueError(
                 f"shard {other.shard} already holds seqs [{theirs.seq_start}, {theirs.seq_stop}) of this corpus with "
-                f"the same teacher and sampler; this run's shard {shard} would store [{run.seq_start}, {run.seq_stop}) "
-                "again and a loader would train on them twice: rerun with the --shard, WORLD_SIZE and --limit of "
-                f"the run that filled shard {other.shard}"
+                f"the same teacher, sampler and seed; this run's shard {shard} would store "
+                f"[{run.seq_start}, {run.seq_stop}) again and a loader would train on them twice: rerun with "
+                f"the --shard, WORLD_SIZE and --limit of the run that filled shard {other.shard}"
             )
     try:
         return client.list_seqs(shard)
@@ -254,10 +254,12 @@ def _check_run(client: CacheClient, shard: int, manifest: ShardManifest) -> npt.
 
 
 def _overlaps(other: ShardInfo, manifest: ShardManifest) -> bool:
-    """Whether ``other`` holds seqs of this run's slice: the same corpus, targets and overlapping slices."""
+    """Whether ``other`` holds seqs of this run's slice: the same corpus, seed, targets and overlapping slices."""
     mine, theirs = manifest.run, other.manifest.run if other.manifest is not None else None
-    if mine is None or theirs is None or theirs.corpus_fingerprint != mine.corpus_fingerprint:
+    if mine is None or theirs is None:
         return False
+    if (theirs.corpus_fingerprint, theirs.seed) != (mine.corpus_fingerprint, mine.seed):
+        return False  # another corpus, or a deliberate second sampling (another --seed)
     if other.manifest is None or other.manifest.differences(manifest, runs=False):
         return False
     return max(mine.seq_start, theirs.seq_start) < min(mine.seq_stop, theirs.seq_stop)
