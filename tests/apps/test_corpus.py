@@ -47,7 +47,7 @@ def _joined(tokenizer: Any, docs: list[str], eos: int | None) -> list[int]:
 # ---- .bin --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("token_dtype", ["uint16", "uint32"])
+@pytest.mark.parametrize("token_dtype", ["uint16", "uint32", "int32", "int64"])
 def test_bin_cuts_flat_tokens_and_drops_the_remainder(tmp_path: Path, token_dtype: str) -> None:
     tokens = (np.arange(5 * 16 + 7) * 997 % 60_000).astype(token_dtype)
     tokens.tofile(tmp_path / "train.bin")  # what nanoGPT's prepare.py does
@@ -72,12 +72,33 @@ def test_bin_is_a_read_only_view_of_the_file_not_a_copy(tmp_path: Path) -> None:
     assert sequences[1, 1] == 4321
 
 
-def test_bin_with_the_wrong_dtype_reads_other_tokens(tmp_path: Path) -> None:
-    np.arange(32, dtype=np.uint32).tofile(tmp_path / "c.bin")
-    as_uint16 = load_sequences(tmp_path / "c.bin", 8)  # the default, uint16: twice the tokens, half zero
-    assert as_uint16.shape == (8, 8)
-    assert as_uint16.dtype == np.uint16
-    assert load_sequences(tmp_path / "c.bin", 8, token_dtype="uint32").shape == (4, 8)
+@pytest.mark.parametrize(
+    ("stored", "read_as", "pattern"),
+    [
+        ("uint32", "uint16", "int32 or uint32"),
+        ("int64", "uint16", "int64"),
+        ("int64", "uint32", "int64"),
+        ("int64", "int32", "int64"),
+    ],
+)
+def test_bin_of_wider_ids_read_as_a_narrower_type_is_refused(
+    tmp_path: Path, stored: str, read_as: str, pattern: str
+) -> None:
+    """The issue's int64 file read as the default uint16 ran silently with four times the sequences."""
+    np.arange(64, dtype=stored).tofile(tmp_path / "c.bin")
+    with pytest.raises(
+        CorpusError, match=rf"c\.bin: read as {read_as}, its tokens come out as \[0, 0, .*the pattern of {pattern} ids"
+    ):
+        load_sequences(tmp_path / "c.bin", 8, token_dtype=read_as)
+    assert load_sequences(tmp_path / "c.bin", 8, token_dtype=stored).shape == (8, 8)
+
+
+def test_a_real_token_stream_with_many_zeros_is_not_taken_for_wider_ids(tmp_path: Path) -> None:
+    tokens = np.zeros(128, dtype=np.uint16)
+    tokens[::2] = 5
+    tokens[-1] = 7  # one high part that is not zero: not the pattern of wider ids
+    tokens.tofile(tmp_path / "c.bin")
+    np.testing.assert_array_equal(load_sequences(tmp_path / "c.bin", 8).ravel(), tokens)
 
 
 @pytest.mark.parametrize(("n_bytes", "token_dtype"), [(7, "uint16"), (10, "uint32"), (4099, "uint32")])
@@ -94,8 +115,8 @@ def test_bin_shorter_than_one_sequence(tmp_path: Path, n_tokens: int) -> None:
         load_sequences(tmp_path / "short.bin", 16)
 
 
-@pytest.mark.parametrize("token_dtype", ["int32", "uint8", "uint64", "float32"])
-def test_bin_token_dtype_must_be_uint16_or_uint32(tmp_path: Path, token_dtype: str) -> None:
+@pytest.mark.parametrize("token_dtype", ["uint8", "uint64", "float32"])
+def test_bin_token_dtype_must_be_one_of_the_integer_types(tmp_path: Path, token_dtype: str) -> None:
     np.ones(16, dtype=np.uint32).tofile(tmp_path / "c.bin")
     with pytest.raises(CorpusError, match=f"token_dtype must be one of .*got '{token_dtype}'"):
         load_sequences(tmp_path / "c.bin", 4, token_dtype=token_dtype)

@@ -130,7 +130,10 @@ def test_token_ids_beyond_the_teacher_vocabulary_are_refused(
     np.full(SEQ_LEN * 2, len(tokenizer) + 3, dtype=np.uint16).tofile(tmp_path / "train.bin")
     with running_server(tmp_path / "data") as (server, client):
         assert main(_args(tiny_llama, tmp_path, server.port)) == 2
-    assert "outside the teacher's vocabulary" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{2 * SEQ_LEN} of the {2 * SEQ_LEN} token ids of seqs [0, 2) are outside the teacher's vocabulary" in err
+    assert f"[0, {len(tokenizer)})" in err
+    assert f"[{len(tokenizer) + 3}, {len(tokenizer) + 3}]" in err
     with running_server(tmp_path / "data") as (server, client):
         assert client.list_shards() == []
 
@@ -288,12 +291,14 @@ def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
         assert 0 < int(found.group(1)) <= stored
         assert not client.get_shard(2).sealed
         rerun = teacher(server.port)  # resumes
-        assert rerun.wait(timeout=300) == 0, rerun.communicate()
+        _, err = rerun.communicate(timeout=300)  # reads both pipes: a full one never stalls the teacher
+        assert rerun.returncode == 0, err
         resumed = dict(client.read(2, seqs=range(total)))
         assert client.get_shard(2).sealed
     with running_server(tmp_path / "fresh") as (server, client):  # the same run, never interrupted
         whole = teacher(server.port)
-        assert whole.wait(timeout=300) == 0, whole.communicate()
+        _, err = whole.communicate(timeout=300)
+        assert whole.returncode == 0, err
         uninterrupted = dict(client.read(2, seqs=range(total)))
     assert len(resumed) == len(uninterrupted) == total
     differing = [seq for seq in range(total) if resumed[seq] != uninterrupted[seq]]

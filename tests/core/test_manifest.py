@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from logitcache import wire
 from logitcache.core import records
 from logitcache.core.config import SamplerConfig
-from logitcache.core.manifest import ManifestMismatchError, ShardManifest
+from logitcache.core.manifest import ManifestMismatchError, ShardManifest, TeacherRun, missing_seqs
 from logitcache.targets.sampling import sample
 from logitcache.targets.synthetic import lm_like_logits
 
@@ -76,3 +77,35 @@ def test_proto_without_a_method_is_refused() -> None:
 
     with pytest.raises(ValueError, match="method: expected METHOD_SAMPLED or METHOD_TOPK"):
         wire.manifest_from_proto(pb.Manifest(vocab_size=10))
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], seq + 1)
+        else:
+            runs.append((seq, seq + 1))
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_missing_seqs_against_a_set_difference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(0, 50))
+    stop = start + int(rng.integers(0, 200))
+    stored = (
+        sorted(
+            int(s)
+            for s in rng.choice(np.arange(start, stop), size=int(rng.integers(0, stop - start + 1)), replace=False)
+        )
+        if stop > start
+        else []
+    )
+    run = TeacherRun("xxh64:0", sequences=stop, world_size=1, rank=0, seq_start=start, seq_stop=stop, seed=0)
+    lacking = sorted(set(range(start, stop)) - set(stored))
+    assert missing_seqs(_runs(stored), run, limit=10**6) == (len(lacking), _runs(lacking))
+    between = sorted(set(range(stored[0], stored[-1] + 1)) - set(stored)) if stored else []
+    assert missing_seqs(_runs(stored), None, limit=10**6) == (len(between), _runs(between))
+    count, first = missing_seqs(_runs(stored), run, limit=2)
+    assert (count, first) == (len(lacking), _runs(lacking)[:2])

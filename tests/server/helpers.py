@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,3 +56,10 @@ def running_server(data_dir: Path, **overrides: Any) -> Iterator[tuple[ServerThr
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     with ServerThread(settings) as server, CacheClient(server.address, auth_token=token, timeout=30) as client:
         yield server, client
+
+
+def run_serve(*flags: str) -> subprocess.CompletedProcess[str]:
+    """``logitcache serve FLAGS`` in a subprocess that is expected to stop by itself (a refused start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "logitcache", "serve", *flags], capture_output=True, text=True, check=False, timeout=120
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from logitcache.core import records
-from logitcache.core.manifest import ShardManifest
+from logitcache.core.manifest import ShardManifest, missing_seqs
 from logitcache.server.errors import (
     CorruptRecordError,
     InvalidRequestError,
@@ -334,7 +335,7 @@ def test_seq_runs_are_the_same_in_any_chunking(tmp_path: Path) -> None:
         chunks = list(shard.seq_runs(chunk))
         assert [run for c in chunks for run in c] == expected
         assert all(1 <= len(c) <= chunk for c in chunks)
-    assert shard.gaps(2) == (21, [(3, 5), (7, 9)])
+    assert missing_seqs(itertools.chain.from_iterable(shard.seq_runs(2)), None, 2) == (21, [(3, 5), (7, 9)])
     store.close()
 
 

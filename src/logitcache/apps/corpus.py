@@ -7,9 +7,11 @@ remainder shorter than ``seq_len`` is dropped, in every format. The format follo
 ``.bin``
     Flat raw token ids with no header, native byte order, as nanoGPT's ``prepare.py`` writes them
     (``np.array(ids, dtype=np.uint16).tofile(path)``). ``token_dtype`` names the element type,
-    ``"uint16"`` (vocabularies up to 65,536) or ``"uint32"``; the file's size must be a multiple of
-    it. The result is a read-only view of a memory map: nothing is copied, so a corpus far larger
-    than memory costs only the pages a reader touches.
+    ``"uint16"`` (vocabularies up to 65,536), ``"uint32"``, ``"int32"`` or ``"int64"``; the file's
+    size must be a multiple of it, and a file of wider integers read as a narrower type (an int64
+    file read as uint16 shows ``[id, 0, 0, 0, ...]``) is refused, naming the pattern. The result
+    is a read-only view of a memory map: nothing is copied, so a corpus far larger than memory
+    costs only the pages a reader touches.
 ``.npy``
     A NumPy array of any integer dtype: 1-d (flat tokens, cut like ``.bin``) or 2-d
     ``[n_seqs, seq_len]`` (already cut; its second dimension must equal ``seq_len``). Loaded with
@@ -39,9 +41,12 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from logitcache.core.tokenizers import tokenizer_fingerprint
+
 __all__ = ["TOKEN_DTYPES", "CorpusError", "corpus_fingerprint", "load_sequences", "tokenizer_fingerprint"]
 
-TOKEN_DTYPES = ("uint16", "uint32")  # the element types a .bin corpus may have
+TOKEN_DTYPES = ("uint16", "uint32", "int32", "int64")  # the element types a .bin corpus may have
+_PATTERN_SAMPLE = 1 << 20  # elements of a .bin file looked at for the pattern of a wider element type
 _NPY_MAGIC = b"\x93NUMPY"
 _JSONL_BATCH = 1024  # documents tokenized per tokenizer call
 
@@ -101,34 +106,6 @@ def corpus_fingerprint(sequences: np.ndarray) -> str:
     return "xxh64:" + digest.hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """``"xxh64:<16 hex digits>"``, identifying ``tokenizer``'s vocabulary and rules.
-
-    For a fast Hugging Face tokenizer (or a bare ``tokenizers.Tokenizer``) it hashes the backend's
-    full serialization (``tokenizer.json``: vocabulary, merges, added tokens, normalizer,
-    pre-tokenizer, post-processor, decoder), without the truncation and padding settings, which a
-    call such as ``tokenizer(texts, truncation=True)`` leaves behind and which do not change the ids
-    of a text. Otherwise it hashes the sorted vocabulary (``get_vocab()``). The same tokenizer saved
-    and reloaded gives the same fingerprint.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None and callable(getattr(tokenizer, "to_str", None)):
-        backend = tokenizer  # a tokenizers.Tokenizer
-    if backend is not None:
-        spec: str = backend.to_str()
-        if backend.truncation is not None or backend.padding is not None:
-            clean = type(backend).from_str(spec)  # leave the caller's tokenizer as it is
-            clean.no_truncation()
-            clean.no_padding()
-            spec = clean.to_str()
-        payload = spec.encode()
-    elif callable(getattr(tokenizer, "get_vocab", None)):
-        payload = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-    else:
-        raise TypeError(f"tokenizer_fingerprint: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
-    return "xxh64:" + xxhash.xxh64(payload).hexdigest()
-
-
 def _cut(flat: np.ndarray, seq_len: int, path: Path) -> np.ndarray:
     """``flat`` [T] as [T // seq_len, seq_len], a view; the remainder is dropped."""
     n_seqs = flat.shape[0] // seq_len
@@ -148,7 +125,26 @@ def _load_bin(path: Path, seq_len: int, dtype: np.dtype[Any]) -> np.ndarray:
     if n_tokens < seq_len:  # also keeps np.memmap away from an empty file, which it cannot map
         raise CorpusError(f"{path}: the corpus has {n_tokens} tokens, shorter than one sequence of {seq_len}")
     flat = np.memmap(path, dtype=dtype, mode="r", shape=(n_tokens,))
+    _refuse_wider_elements(np.asarray(flat[:_PATTERN_SAMPLE]), dtype, path)
     return _cut(np.asarray(flat), seq_len, path)  # a plain ndarray view; the map stays alive as its base
+
+
+def _refuse_wider_elements(sample: np.ndarray, dtype: np.dtype[Any], path: Path) -> None:
+    """Refuse a file of wider integers read as ``dtype``: little-endian ids narrower than their type
+    leave every high part zero, so read as ``dtype`` the file shows ``[id, 0, id, 0, ...]`` (twice as
+    wide) or ``[id, 0, 0, 0, ...]`` (four times): a pattern no real token stream has."""
+    for factor in (4, 2):
+        wider = {4: "int32 or uint32", 8: "int64"}.get(dtype.itemsize * factor)
+        if wider is None:
+            continue
+        usable = sample[: len(sample) // factor * factor].reshape(-1, factor)
+        if usable.shape[0] >= 16 and not usable[:, 1:].any() and usable[:, 0].any():
+            head = ", ".join(str(int(v)) for v in sample[: 2 * factor])
+            raise CorpusError(
+                f"{path}: read as {dtype.name}, its tokens come out as [{head}, ...]: every {factor}th is non-zero "
+                f"and the rest zero, the pattern of {wider} ids read as {dtype.name}; pass the file's own type "
+                f"(--token-dtype, one of {', '.join(TOKEN_DTYPES)})"
+            )
 
 
 def _load_npy(path: Path, seq_len: int) -> np.ndarray:

@@ -307,7 +307,7 @@ def _run(options: DemoOptions, say: _Printer, cleanup: ExitStack) -> int:
         auth_token=None,
         tls_cert=None,
         tls_key=None,
-        tokenizer=None,
+        tokenizer=[],
         http_reads_need_token=False,
         shutdown_grace_seconds=1.0,
         log_level="WARNING",
@@ -338,7 +338,7 @@ def _run(options: DemoOptions, say: _Printer, cleanup: ExitStack) -> int:
     # 2. the server, in this process
     tokenizer.save(str(options.data_dir / "tokenizer.json"))
     try:
-        running = ServerThread(settings, tokenizer=tokenizer).start()
+        running = ServerThread(settings, tokenizers=[tokenizer]).start()
     except StoreError as exc:  # another server took the directory since prepare_data_dir
         raise DemoError(str(exc)) from None
     cleanup.callback(running.stop, settings.shutdown_grace_seconds)

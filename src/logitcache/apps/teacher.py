@@ -139,9 +139,14 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     model = model.to(device).eval()
     vocab = int(model.get_output_embeddings().weight.shape[0])
     if hi > lo:
-        top = int(np.max(sequences[lo:hi]))
-        if top >= vocab:
-            raise ValueError(f"{args.data}: token id {top} is outside the teacher's vocabulary (V={vocab})")
+        mine = sequences[lo:hi]
+        outside = int(np.count_nonzero((mine < 0) | (mine >= vocab)))
+        if outside:
+            raise ValueError(
+                f"{args.data}: {outside} of the {mine.size:,} token ids of seqs [{lo}, {hi}) are outside the teacher's "
+                f"vocabulary [0, {vocab}) (they range over [{int(mine.min())}, {int(mine.max())}]): is --token-dtype "
+                "right, and is the corpus tokenized with the teacher's tokenizer?"
+            )
 
     manifest = ShardManifest.for_sampler(
         sampler,
@@ -159,7 +164,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
             seed=args.seed,
         ),
     )
-    client = CacheClient(args.server or ["127.0.0.1:50051"], auth_token=args.auth_token)
+    client = CacheClient(args.server, auth_token=args.auth_token)
     started = time.perf_counter()
     try:
         stored = _check_run(client, shard, manifest)

@@ -84,7 +84,7 @@ class WriteStream(Iterator[BatchAck]):
         self._lock = threading.Lock()
         self._call: _Cancellable | None = None
         self._cancelled = False
-        self._acks = client._write_stream(shard, batches, overwrite, self._opened)
+        self._acks = client._write_stream(shard, batches, overwrite, self._opened, lambda: self._cancelled)
 
     def _opened(self, call: _Cancellable) -> None:
         with self._lock:
@@ -311,6 +311,15 @@ class CacheClient:
         request = self._build(pb.SealShardRequest, shard=shard)
         return wire.shard_info_from_proto(self._unary(self.locate(shard), "SealShard", request))
 
+    def delete_shard(self, shard: int, *, force: bool = False) -> ShardInfo:
+        """Delete ``shard`` and its files; its info just before. A sealed one needs ``force``
+        (else :class:`~logitcache.client.errors.FailedPreconditionError`)."""
+        request = self._build(pb.DeleteShardRequest, shard=shard, force=force)
+        info = wire.shard_info_from_proto(self._unary(self.locate(shard), "DeleteShard", request, idempotent=False))
+        with self._lock:
+            self._shard_map.pop(shard, None)
+        return info
+
     def stats(self, address: str | None = None) -> StatsSnapshot:
         """One server's counters (the first server's by default)."""
         return wire.stats_from_proto(self._unary(address or self.address, "GetStats", pb.StatsRequest()))
@@ -376,22 +385,21 @@ class CacheClient:
         batches: Iterable[list[tuple[int, bytes]]],
         overwrite: bool,
         on_open: Callable[[_Cancellable], None],
+        cancelled: Callable[[], bool],
     ) -> Iterator[BatchAck]:
         """The ``Write`` stream behind :class:`WriteStream`; ``on_open`` receives the call once it exists."""
         self._build(pb.GetShardRequest, shard=shard)  # refuse a bad shard number before streaming
         address = self.locate(shard)
-        requests = (
-            self._build(
-                pb.WriteRequest,
-                shard=shard,
-                batch_id=i,
-                overwrite=overwrite,
-                records=[self._build(pb.Record, seq=seq, data=data) for seq, data in batch],
-            )
-            for i, batch in enumerate(batches)
-        )
+
+        def requests() -> Iterator[Any]:
+            for i, batch in enumerate(batches):
+                if cancelled():  # nothing more is sent once the stream is cancelled, even before it opened
+                    return
+                records = [self._build(pb.Record, seq=seq, data=data) for seq, data in batch]
+                yield self._build(pb.WriteRequest, shard=shard, batch_id=i, overwrite=overwrite, records=records)
+
         try:
-            call = self._stub(address).Write(requests, metadata=self._metadata, timeout=self.stream_timeout)
+            call = self._stub(address).Write(requests(), metadata=self._metadata, timeout=self.stream_timeout)
             on_open(call)
             for ack in call:
                 yield wire.batch_ack_from_proto(ack)

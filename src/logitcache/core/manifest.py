@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from logitcache.core.config import MAX_ROUNDS, MAX_VOCAB_SIZE, SamplerConfig, TargetKind
 from logitcache.core.records import RecordHeader
 
-__all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest", "TeacherRun"]
+__all__ = ["ManifestMismatchError", "ShardInfo", "ShardManifest", "TeacherRun", "missing_seqs"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,14 @@ class ShardManifest:
             if want != got:
                 raise ManifestMismatchError(field, f"the shard's manifest says {want!r}, the record has {got!r}")
 
+    @property
+    def method_label(self) -> str:
+        """The method and its parameters in a few characters: ``sampled N=50``, ``sampled N=50 t=0.8``,
+        ``top-12``, ``top-12 p=0.9``."""
+        if self.method == "sampled":
+            return f"sampled N={self.rounds}" + ("" if self.temperature == 1.0 else f" t={self.temperature:g}")
+        return f"top-{self.k}" + ("" if self.top_p is None else f" p={self.top_p:g}")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -224,3 +234,40 @@ class ShardInfo:
     map_size: int  # current LMDB map size
     damage: str | None = None  # why the shard's files are damaged (None: intact)
     damaged_records: int = 0  # records that failed their checksum when read (an overwrite repairs one)
+
+    @property
+    def bytes_per_position(self) -> float:
+        return round(self.record_bytes / self.positions, 3) if self.positions else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field (the manifest as a dict) and ``bytes_per_position``: what ``shards --json`` and REST show."""
+        return {**asdict(self), "bytes_per_position": self.bytes_per_position}
+
+
+def missing_seqs(
+    runs: Iterable[tuple[int, int]], run: TeacherRun | None, limit: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """``(count, first `limit` ranges)`` of the seqs a shard lacks, as ``[start, end)`` ranges in order.
+
+    ``runs`` are the shard's stored seqs as ascending ``[start, end)`` runs. Without a teacher
+    ``run`` only the holes between stored seqs count; with one, also what its slice
+    ``[seq_start, seq_stop)`` holds beyond the stored seqs at either end.
+    """
+    count = 0
+    ranges: list[tuple[int, int]] = []
+
+    def lacks(start: int, end: int) -> None:
+        nonlocal count
+        if end > start:
+            count += end - start
+            if len(ranges) < limit:
+                ranges.append((start, end))
+
+    previous: int | None = None if run is None else run.seq_start
+    for start, end in runs:
+        if previous is not None:
+            lacks(previous, start)
+        previous = end
+    if run is not None:
+        lacks(run.seq_start if previous is None else previous, run.seq_stop)
+    return count, ranges

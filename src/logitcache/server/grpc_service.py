@@ -21,7 +21,7 @@ long read nor a durable commit stalls other calls.
 **Errors** travel as status codes via ``context.abort``: the store's typed errors carry their
 code (:mod:`.errors`); ``INVALID_ARGUMENT`` means the request failed validation (a message that
 does not parse included); anything unforeseen is ``INTERNAL``, with its traceback logged.
-Mutating calls (``CreateShard``, ``SealShard``, ``Write``) need ``authorization: Bearer <token>``
+Mutating calls (``CreateShard``, ``SealShard``, ``DeleteShard``, ``Write``) need ``authorization: Bearer <token>``
 when the server has a token.
 """
 
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["LogitCache"]
 SERVICE_NAME = _SERVICE.full_name
-MUTATING_METHODS = frozenset({"CreateShard", "SealShard", "Write"})
+MUTATING_METHODS = frozenset({"CreateShard", "SealShard", "DeleteShard", "Write"})
 DEFAULT_READ_MESSAGE_BYTES = 1 << 20
 LIST_SEQS_RUNS = 1 << 15  # runs per ListSeqs message (16 bytes each at most: well under 1 MiB)
 _MESSAGE_OVERHEAD = 1024  # framing of one record inside a ReadResponse, generously
@@ -214,6 +214,10 @@ class LogitCacheService:
         await self._in(self._commits, shard.seal)
         log.info("shard %d sealed", request.shard)
         return wire.shard_info_to_proto(await self._in(self._reads, shard.stats))
+
+    async def DeleteShard(self, request: pb.DeleteShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:
+        delete = functools.partial(self.store.delete_shard, request.shard, force=request.force)
+        return wire.shard_info_to_proto(await self._in(self._commits, delete))
 
     async def GetStats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         s = self.stats

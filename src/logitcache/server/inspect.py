@@ -4,11 +4,19 @@ Pure functions over decoded records (numpy, vectorised over positions); no web f
 The target probability of an entry is the record's own (``count / N``, importance-weighted when
 the record carries weights, or the stored top-k probability). The entropy shown is that of the
 sparse target itself, ``−Σ t log t`` over its entries: an estimate of the teacher's entropy that
-misses the unsampled tail.
+misses the unsampled tail. A position with ``n`` entries has at most ``log n`` nats, so
+:func:`max_entropy` of the most entries a shard's positions can hold (``N`` draws, or ``k``) is an
+absolute top for the entropy scale: the same for every sequence of the shard.
+
+:class:`ShardSample` bins what the viewer's overview draws, over fixed ranges so that histograms
+from different records add up: entropy on ``[0, max_entropy]``, residual mass and the label's
+probability on ``[0, 1]`` (``BINS`` equal bins each); bytes per position (one value per record)
+is binned over the range it spans.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +25,15 @@ import numpy.typing as npt
 
 from logitcache.core.records import Record
 
-__all__ = ["PositionSummary", "ShardSample", "position_entries", "summarize"]
+__all__ = ["BINS", "PositionSummary", "ShardSample", "max_entropy", "position_entries", "summarize"]
 
 FloatArray = npt.NDArray[np.floating[Any]]  # float64 here (Record.target_probs(dtype=np.float64))
+BINS = 20  # bins of each histogram
+
+
+def max_entropy(max_entries: int) -> float:
+    """``log(max_entries)`` nats: the most entropy a target of that many entries can have (``log 2`` at least)."""
+    return math.log(max(2, max_entries))
 
 
 @dataclass(frozen=True)
@@ -72,26 +86,65 @@ def position_entries(
     return ids, probs[order], counts
 
 
+def _binned(values: FloatArray, edges: FloatArray) -> npt.NDArray[np.int64]:
+    """Counts of ``values`` in the bins of ``edges``; values outside (float noise) go to the end bins."""
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+    return counts.astype(np.int64)
+
+
 @dataclass
 class ShardSample:
     """Statistics accumulated over the positions of some records of a shard."""
 
-    max_entries: int
+    max_entries: int  # the most entries a position can hold (N or k)
     histogram: npt.NDArray[np.int64]  # [max_entries + 1] positions by entry count
+    entropy_edges: FloatArray  # [BINS + 1] on [0, max_entropy(max_entries)] nats
+    mass_edges: FloatArray  # [BINS + 1] on [0, 1]
+    entropy_counts: npt.NDArray[np.int64]  # [BINS] positions by entropy
+    residual_counts: npt.NDArray[np.int64]  # [BINS] positions by residual (ghost) mass
+    label_prob_counts: npt.NDArray[np.int64]  # [BINS] positions (but the last) by the label's target prob
+    bytes_per_position: list[float]  # one per record: its stored bytes / its positions
     positions: int = 0
     entropy_sum: float = 0.0
+    residual_sum: float = 0.0
     label_prob_sum: float = 0.0
     label_positions: int = 0
 
     @classmethod
     def empty(cls, max_entries: int) -> ShardSample:
-        return cls(max_entries, np.zeros(max_entries + 1, dtype=np.int64))
+        zeros = np.zeros(BINS, dtype=np.int64)
+        return cls(
+            max_entries,
+            np.zeros(max_entries + 1, dtype=np.int64),
+            np.linspace(0.0, max_entropy(max_entries), BINS + 1),
+            np.linspace(0.0, 1.0, BINS + 1),
+            zeros.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            [],
+        )
 
-    def add(self, record: Record) -> None:
+    @property
+    def entropy_max(self) -> float:
+        return float(self.entropy_edges[-1])
+
+    def add(self, record: Record, nbytes: int) -> None:
+        """Count ``record``'s positions in; ``nbytes`` is its stored size."""
         summary = summarize(record)
         self.histogram += np.bincount(np.minimum(summary.entries, self.max_entries), minlength=self.max_entries + 1)
         self.positions += int(summary.entries.shape[0])
         self.entropy_sum += float(summary.entropy.sum())
+        self.residual_sum += float(summary.residual.sum())
+        self.entropy_counts += _binned(summary.entropy, self.entropy_edges)
+        self.residual_counts += _binned(summary.residual, self.mass_edges)
         labelled = summary.label_prob[~np.isnan(summary.label_prob)]
         self.label_prob_sum += float(labelled.sum())
         self.label_positions += int(labelled.shape[0])
+        self.label_prob_counts += _binned(labelled, self.mass_edges)
+        self.bytes_per_position.append(nbytes / record.header.num_positions)
+
+    def bytes_per_position_histogram(self) -> tuple[FloatArray, npt.NDArray[np.int64], float, int]:
+        """``(edges [BINS + 1], counts [BINS], sum, records)`` of bytes per position, over the range seen."""
+        values = np.asarray(self.bytes_per_position, dtype=np.float64)
+        counts, edges = np.histogram(values, bins=BINS)  # all equal or none: numpy centres a unit-wide range
+        return edges, counts.astype(np.int64), float(values.sum()), int(values.shape[0])

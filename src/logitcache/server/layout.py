@@ -96,6 +96,11 @@ def shard_dir(data_dir: Path, shard_id: int) -> Path:
     return data_dir / "shards" / f"{shard_id:010d}"
 
 
+# suffixes of a shard directory's name while it is being made or removed (a start clears leftovers)
+CREATING_SUFFIX = ".creating"
+DELETING_SUFFIX = ".deleting"
+
+
 def shard_id_of(entry: Path) -> int | None:
     """The shard a directory entry under ``shards/`` holds, or None if it is not a shard directory."""
     if entry.is_dir() and _SHARD_DIR.fullmatch(entry.name) and int(entry.name) <= MAX_SHARD_ID:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -31,7 +32,8 @@ from grpc_reflection.v1alpha import reflection
 
 from logitcache.server.commits import Committer
 from logitcache.server.grpc_service import SERVICE_NAME, Limits, LogitCacheService, service_handler
-from logitcache.server.http.app import create_app, load_tokenizer
+from logitcache.server.http.app import create_app, load_tokenizers
+from logitcache.server.http.deps import LoadedTokenizer
 from logitcache.server.settings import ServerSettings
 from logitcache.server.stats import ServerStats
 from logitcache.server.store import Store
@@ -49,7 +51,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _bind(address: str) -> socket.socket:
+def _bind(address: str, what: str) -> socket.socket:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -58,15 +60,29 @@ def _bind(address: str) -> socket.socket:
         sock.bind((host, int(port)))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen for HTTP on {address}: {exc.strerror}") from None
+        hint = _IN_USE.get(exc.errno or 0, "")
+        raise OSError(f"cannot listen for {what} on {address}: {exc.strerror}{hint}") from exc
     return sock
+
+
+_IN_USE = {errno.EADDRINUSE: " (another server is running there? pick another port, or 0 for any free one)"}
 
 
 class CacheServer:
     """gRPC and, unless ``settings.http`` is ``off``, REST over one store. Start and stop it on an event loop."""
 
-    def __init__(self, settings: ServerSettings, *, tokenizer: Any = None) -> None:
+    def __init__(self, settings: ServerSettings, *, tokenizers: Sequence[Any] | None = None) -> None:
+        """``tokenizers``: tokenizer objects to use instead of loading ``settings.tokenizer`` (the demo's)."""
         self.settings = settings
+        # first: a bad --tokenizer fails before the store is opened
+        self._tokenizers = (
+            load_tokenizers(settings.tokenizer)
+            if tokenizers is None
+            else [
+                t if isinstance(t, LoadedTokenizer) else LoadedTokenizer.of(t, f"tokenizer {i}")
+                for i, t in enumerate(tokenizers)
+            ]
+        )
         self.store = Store(
             settings.data_dir,
             initial_map_size=settings.initial_map_bytes,
@@ -75,7 +91,6 @@ class CacheServer:
         )
         self.stats = ServerStats()
         self.stats.attach(self.store)
-        self._tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.tokenizer)
         workers = settings.worker_threads
         self._reads = ThreadPoolExecutor(workers, thread_name_prefix="lmdb-read")
         self._commits = ThreadPoolExecutor(max(4, workers), thread_name_prefix="lmdb-commit")  # mostly in fsync
@@ -117,6 +132,8 @@ class CacheServer:
             if s.tls_cert is None or s.tls_key is None:
                 raise ValueError("tls: expected both tls_cert and tls_key")
             credentials = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+        if not s.grpc.endswith(":0"):  # gRPC's own bind error is a C-core log line and a bare RuntimeError
+            _bind(s.grpc, "gRPC").close()
         try:
             if credentials is None:
                 self.port = self.server.add_insecure_port(s.grpc)
@@ -129,14 +146,15 @@ class CacheServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.http != "off":
-            sock = _bind(s.http)
+            sock = _bind(s.http, "HTTP")
             self.http_port = sock.getsockname()[1]
             app = create_app(
                 self.store,
                 self.stats,
                 auth_token=token,
                 reads_need_token=s.http_reads_need_token,
-                tokenizer=self._tokenizer,
+                tokenizers=self._tokenizers,
+                grpc_address=f"{s.grpc.rpartition(':')[0]}:{self.port}",
             )
             self._http = _Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
             self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -165,9 +183,9 @@ class CacheServer:
 class ServerThread:
     """A :class:`CacheServer` on an event loop in a background thread. ``start()`` returns once it serves."""
 
-    def __init__(self, settings: ServerSettings, *, tokenizer: Any = None) -> None:
+    def __init__(self, settings: ServerSettings, *, tokenizers: Sequence[Any] | None = None) -> None:
         self.settings = settings
-        self.server = CacheServer(settings, tokenizer=tokenizer)
+        self.server = CacheServer(settings, tokenizers=tokenizers)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="logitcache-server", daemon=True)
 

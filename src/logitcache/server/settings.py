@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ServerSettings"]
 
@@ -19,7 +21,11 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Field(Path("logitcache-data"), description="where the shards live (created if missing)")
     grpc: str = Field("127.0.0.1:50051", description="gRPC listen address host:port (port 0 = any free port)")
     http: str = Field("127.0.0.1:8080", description="REST API and viewer address host:port; 'off' disables it")
-    tokenizer: Path | None = Field(None, description="a Hugging Face tokenizer.json: REST shows token strings")
+    tokenizer: Annotated[list[Path], NoDecode] = Field(
+        [],
+        description="Hugging Face tokenizer.json files, or directories holding them (one level deep); repeatable. "
+        "REST decodes each shard's ids with the one whose fingerprint its manifest records",
+    )
     http_reads_need_token: bool = Field(False, description="REST read endpoints need the auth token too")
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, le=2**31 - 1, description="largest gRPC message accepted or sent"
@@ -64,6 +70,24 @@ class ServerSettings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _tokenizers(cls, value: Any) -> Any:
+        """One path (a flag, ``LOGITCACHE_TOKENIZER=path``), a JSON list of paths, a list, or nothing."""
+        if value is None:
+            return []
+        if isinstance(value, Path):
+            return [value]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"expected a path or a JSON list of paths, got {value!r}") from exc
+            return [text] if text else []
         return value
 
     @field_validator("auth_token")

@@ -50,6 +50,7 @@ from logitcache.server.errors import (
     RecordConflictError,
     SeqNotFoundError,
     ShardDamagedError,
+    ShardNotFoundError,
     ShardSealedError,
     StoreError,
     StoreFullError,
@@ -164,6 +165,7 @@ class Shard:
         self._corrupt: set[int] = set()  # seqs whose record failed its checksum on read
         self._env: lmdb.Environment | None = None
         self._sealed = False
+        self._deleted = False  # set by retire(): every later call is NOT_FOUND
         self._write_lock = threading.Lock()
         self._gate = _Gate()
         try:
@@ -257,7 +259,7 @@ class Shard:
         """Create the shard atomically: built in a temporary directory, then renamed into place."""
         what = f"creating shard {shard_id}"
         disk.check(1 << 20, what)
-        tmp = path.with_name(path.name + ".creating")
+        tmp = path.with_name(path.name + layout.CREATING_SUFFIX)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
@@ -295,7 +297,17 @@ class Shard:
 
     # ----------------------------------------------------------------- state
 
+    def retire(self) -> None:
+        """Close for good, once the calls inside have left: later calls on this object raise NOT_FOUND."""
+        with self._write_lock, self._gate.exclusive():
+            self._deleted = True
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+
     def _require_open(self) -> lmdb.Environment:
+        if self._deleted:
+            raise ShardNotFoundError(f"shard {self.shard_id} was deleted")
         if self._env is None:
             raise ShardDamagedError(f"shard {self.shard_id} is damaged: {self.damage}")
         return self._env
@@ -504,10 +516,11 @@ class Shard:
     @contextmanager
     def _reading(self) -> Iterator[lmdb.Transaction]:
         """A short read transaction with buffers; LMDB errors that mean damage mark the shard damaged."""
-        env = self._require_open()
         try:
-            with self._gate.shared(), env.begin(db=self._records, buffers=True) as txn:
-                yield txn
+            with self._gate.shared():  # inside it, the environment stays open (close() and retire() wait)
+                env = self._require_open()
+                with env.begin(db=self._records, buffers=True) as txn:
+                    yield txn
         except _DAMAGE_ERRORS as exc:
             raise self._damaged(f"LMDB: {exc}") from exc
 
@@ -654,20 +667,6 @@ class Shard:
             yield runs
             next_seq = resume
 
-    def gaps(self, limit: int) -> tuple[int, list[tuple[int, int]]]:
-        """Seqs missing between the first and the last stored: ``(count, up to limit [start, end) ranges)``."""
-        missing = 0
-        ranges: list[tuple[int, int]] = []
-        previous_end: int | None = None
-        for runs in self.seq_runs():
-            for start, end in runs:
-                if previous_end is not None:
-                    missing += start - previous_end
-                    if len(ranges) < limit:
-                        ranges.append((previous_end, start))
-                previous_end = end
-        return missing, ranges
-
     def stats(self) -> ShardInfo:
         info = ShardInfo(
             shard=self.shard_id,
@@ -683,22 +682,24 @@ class Shard:
             damage=self.damage,
             damaged_records=len(self._corrupt),
         )
-        if self._env is None:
-            return info
         try:
-            with self._gate.shared(), self._env.begin(buffers=True) as txn:
-                cursor = txn.cursor(db=self._records)
-                first = layout.seq_of(cursor.key()) if cursor.first() else None
-                last = layout.seq_of(cursor.key()) if cursor.last() else None
-                info = dataclasses.replace(
-                    info,
-                    sequences=txn.stat(self._records)["entries"],
-                    positions=self._counter(txn, layout.META_POSITIONS),
-                    record_bytes=self._counter(txn, layout.META_BYTES),
-                    first_seq=first,
-                    last_seq=last,
-                    map_size=self._env.info()["map_size"],
-                )
+            with self._gate.shared():  # inside it, the environment stays open
+                env = self._env
+                if env is None:
+                    return info
+                with env.begin(buffers=True) as txn:
+                    cursor = txn.cursor(db=self._records)
+                    first = layout.seq_of(cursor.key()) if cursor.first() else None
+                    last = layout.seq_of(cursor.key()) if cursor.last() else None
+                    info = dataclasses.replace(
+                        info,
+                        sequences=txn.stat(self._records)["entries"],
+                        positions=self._counter(txn, layout.META_POSITIONS),
+                        record_bytes=self._counter(txn, layout.META_BYTES),
+                        first_seq=first,
+                        last_seq=last,
+                        map_size=env.info()["map_size"],
+                    )
         except _DAMAGE_ERRORS as exc:
             self._damaged(f"LMDB: {exc}")
             info = dataclasses.replace(info, damage=self.damage)

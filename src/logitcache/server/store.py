@@ -11,16 +11,23 @@ errors are :mod:`logitcache.server.errors` (this module imports no gRPC).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from logitcache.core.manifest import ShardManifest
+from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.server import layout
 from logitcache.server.disk import DiskSpace
-from logitcache.server.errors import InvalidRequestError, ManifestError, ShardExistsError, ShardNotFoundError
+from logitcache.server.errors import (
+    InvalidRequestError,
+    ManifestError,
+    ShardExistsError,
+    ShardNotFoundError,
+    ShardSealedError,
+)
 from logitcache.server.shard import Shard
 
 __all__ = ["Store"]
@@ -52,11 +59,11 @@ class Store:
         self._lock_file = layout.lock_data_dir(self.data_dir)
         self._lock = threading.Lock()
         self._shards: dict[int, Shard] = {}
-        self._creating: dict[int, threading.Event] = {}  # shards whose files are being made
+        self._creating: dict[int, threading.Event] = {}  # shards whose files are being made or removed
         started = time.monotonic()
         for entry in sorted(self._shards_dir.iterdir()):
-            if entry.name.endswith(".creating"):
-                shutil.rmtree(entry, ignore_errors=True)  # a creation interrupted by a crash
+            if entry.name.endswith((layout.CREATING_SUFFIX, layout.DELETING_SUFFIX)):
+                shutil.rmtree(entry, ignore_errors=True)  # a creation or deletion interrupted by a crash
                 continue
             shard_id = layout.shard_id_of(entry)
             if shard_id is None:
@@ -135,6 +142,44 @@ class Store:
             differences = ShardManifest.describe(shard.manifest.differences(manifest), "stored", "requested")
             raise ManifestError(f"shard {shard.shard_id} exists with a different manifest: {differences}")
         return shard
+
+    def delete_shard(self, shard_id: int, *, force: bool = False) -> ShardInfo:
+        """Delete a shard and its files; its :class:`ShardInfo` just before. A sealed shard needs ``force``.
+
+        Calls already inside the shard finish first; later ones are NOT_FOUND, and a creation of
+        the same shard waits until the files are gone. The directory is renamed to
+        ``<name>.deleting`` (atomic) before it is removed, so a crash leaves either the whole shard
+        or a leftover the next start clears. A damaged shard can be deleted like any other.
+        """
+        path = self._path(shard_id)
+        with self._lock:
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                raise ShardNotFoundError(f"shard {shard_id} does not exist on this server")
+            if shard.sealed and not force:
+                raise ShardSealedError(
+                    f"shard {shard_id} is sealed: its targets are complete and may be in use; deleting it needs force"
+                )
+            del self._shards[shard_id]
+            done = self._creating[shard_id] = threading.Event()
+        try:
+            info = shard.stats()
+            shard.retire()
+            doomed = path.with_name(path.name + layout.DELETING_SUFFIX)
+            try:
+                os.replace(path, doomed)
+                layout.fsync_dir(path.parent)
+            except OSError:  # nothing is gone: open the shard again
+                with self._lock:
+                    self._shards[shard_id] = self._shard(shard_id, path)
+                raise
+            shutil.rmtree(doomed, ignore_errors=True)  # a leftover is cleared at the next start
+        finally:
+            with self._lock:
+                del self._creating[shard_id]
+            done.set()
+        log.info("shard %d deleted (%d sequences%s)", shard_id, info.sequences, ", sealed" if info.sealed else "")
+        return info
 
     def get(self, shard_id: int) -> Shard:
         """The shard (possibly damaged: see :attr:`Shard.damage`); ``ShardNotFoundError`` if absent."""

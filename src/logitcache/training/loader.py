@@ -314,7 +314,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
                 f"({self.vocab_size}) that the cached target ids index"
             )
         if tokenizer is not None:
-            from logitcache.apps.corpus import tokenizer_fingerprint
+            from logitcache.core.tokenizers import tokenizer_fingerprint
 
             mine = tokenizer_fingerprint(tokenizer)
             for shard, manifest in self.manifests.items():

@@ -18,7 +18,7 @@ from logitcache.client import FailedPreconditionError
 from logitcache.core import records
 from logitcache.core.manifest import TeacherRun
 from logitcache.testing import ServerProcess
-from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records
+from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, corrupt_stored, make_records, run_serve
 
 
 def _tiny_tokenizer(path: Path) -> Path:
@@ -278,15 +278,202 @@ def test_readiness_under_concurrent_probes(served: Served) -> None:
 
 
 def test_reads_needing_a_token_need_a_token(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-m", "logitcache", "serve", "--data-dir", str(tmp_path), "--http-reads-need-token"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_serve("--data-dir", str(tmp_path), "--http-reads-need-token")
     assert done.returncode == 2
     assert "expected an auth_token" in done.stderr
+
+
+# ---- tokenizers: loading, choosing per shard, and what the API says ----------------------------------
+
+
+def _other_tokenizer(path: Path) -> Path:
+    """Another vocabulary (another fingerprint) over the same ids."""
+    tokenizer = Tokenizer(WordLevel({f"v{i}": i for i in range(VOCAB)}, unk_token="v0"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def test_server_info_and_the_tokenizer_status_of_a_shard(served: Served, tmp_path: Path) -> None:
+    from logitcache.core.tokenizers import tokenizer_fingerprint
+
+    info = served.http.get("/v1/server").json()
+    assert info["grpc_address"] == served.server.address
+    assert info["writes_need_token"] is True
+    [tokenizer] = info["tokenizers"]
+    assert tokenizer["name"].endswith("/tokenizer.json")
+    assert tokenizer["vocab_size"] == VOCAB
+    same = Tokenizer.from_file(str(_tiny_tokenizer(tmp_path / "tokenizer.json")))  # built the same way: the same one
+    assert tokenizer["fingerprint"] == tokenizer_fingerprint(same)
+    # the manifests record no fingerprint and one tokenizer is loaded: used, flagged as unverified
+    for path in ("/v1/shards/0", "/v1/shards/0/sequences/0", "/v1/shards/0/sequences/0/positions/0"):
+        status = served.http.get(path).json()["tokenizer"]
+        assert status["status"] == "unverified", path
+        assert status["fingerprint"] == ""
+        assert status["name"] == tokenizer["name"]
+        assert "no tokenizer fingerprint" in status["detail"]
+
+
+def test_each_shard_gets_the_tokenizer_whose_fingerprint_it_records(tmp_path: Path) -> None:
+    from logitcache.core.tokenizers import tokenizer_fingerprint
+
+    (tmp_path / "tokenizers" / "words").mkdir(parents=True)
+    words = _tiny_tokenizer(tmp_path / "tokenizers" / "words" / "tokenizer.json")
+    other = _other_tokenizer(tmp_path / "tokenizers" / "other" / "tokenizer.json")
+    fingerprints = {
+        name: tokenizer_fingerprint(Tokenizer.from_file(str(p))) for name, p in (("w", words), ("v", other))
+    }
+    items = make_records(1)
+    ids = records.decode(items[0][1]).input_ids.tolist()
+    server = ServerProcess(tmp_path / "data", "--tokenizer", str(tmp_path / "tokenizers"))  # a directory of them
+    try:
+        with server.client() as client:
+            for shard, fingerprint in enumerate([fingerprints["w"], fingerprints["v"], "xxh64:0000000000000000"]):
+                client.create_shard(shard, dataclasses.replace(MANIFEST, tokenizer_fingerprint=fingerprint))
+                client.write(shard, items)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert len(http.get("/v1/server").json()["tokenizers"]) == 2
+            for shard, prefix in ((0, "w"), (1, "v")):
+                body = http.get(f"/v1/shards/{shard}/sequences/0").json()
+                assert body["tokenizer"]["status"] == "matched"
+                assert body["tokenizer"]["name"] == ("words" if prefix == "w" else "other") + "/tokenizer.json"
+                expected = [_word(i) if prefix == "w" else f"v{i}" for i in ids]
+                assert [p["token"] for p in body["positions"]] == expected
+            mismatch = http.get("/v1/shards/2/sequences/0").json()
+            assert mismatch["tokenizer"]["status"] == "mismatch"
+            assert "xxh64:0000000000000000" in mismatch["tokenizer"]["detail"]
+            assert all(p["token"] is None for p in mismatch["positions"])
+            position = http.get("/v1/shards/2/sequences/0/positions/0").json()
+            assert (position["tokens"], position["input_token"], position["label_token"]) == (None, None, None)
+            assert position["tokenizer"]["status"] == "mismatch"
+            assert http.get("/v1/shards/2").json()["tokenizer"]["status"] == "mismatch"
+    finally:
+        server.stop()
+
+
+def test_choose_tokenizer() -> None:
+    from logitcache.server.http.deps import LoadedTokenizer, choose_tokenizer
+
+    a, b = LoadedTokenizer("a/tokenizer.json", "xxh64:a", "A"), LoadedTokenizer("b/tokenizer.json", "xxh64:b", "B")
+    with_b = dataclasses.replace(MANIFEST, tokenizer_fingerprint="xxh64:b")
+    assert choose_tokenizer([a, b], with_b).status == "matched"
+    assert choose_tokenizer([a, b], with_b).tokenizer == "B"
+    assert choose_tokenizer([a], with_b).status == "mismatch"
+    assert choose_tokenizer([a], with_b).tokenizer is None
+    assert choose_tokenizer([], with_b).status == "none"
+    assert choose_tokenizer([a], MANIFEST).status == "unverified"
+    assert choose_tokenizer([a], MANIFEST).tokenizer == "A"
+    two = choose_tokenizer([a, b], MANIFEST)
+    assert (two.status, two.tokenizer) == ("none", None)
+    assert "2 tokenizers" in two.detail
+    assert choose_tokenizer([a], None).status == "none"  # a damaged shard's unreadable manifest
+
+
+def test_load_tokenizers_from_files_and_directories(tmp_path: Path) -> None:
+    from logitcache.server.http.app import load_tokenizers
+
+    (tmp_path / "models" / "words").mkdir(parents=True)
+    words = _tiny_tokenizer(tmp_path / "models" / "words" / "tokenizer.json")
+    _other_tokenizer(tmp_path / "models" / "other" / "tokenizer.json")
+    (tmp_path / "models" / "deeper" / "nested").mkdir(parents=True)
+    _other_tokenizer(tmp_path / "models" / "deeper" / "nested" / "tokenizer.json")  # two levels down: not looked at
+    loaded = load_tokenizers([tmp_path / "models", words])  # words twice: kept once
+    assert [t.name for t in loaded] == ["other/tokenizer.json", "words/tokenizer.json"]
+    assert len({t.fingerprint for t in loaded}) == 2
+    with pytest.raises(ValueError, match=r"expected a tokenizer\.json file or a directory"):
+        load_tokenizers([tmp_path / "nothing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no tokenizer\.json in"):
+        load_tokenizers([tmp_path / "empty"])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.json does not load"):
+        load_tokenizers([tmp_path / "bad.json"])
+
+
+def test_tokenizer_settings_take_one_path_or_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    from logitcache.server.settings import ServerSettings
+
+    assert ServerSettings().tokenizer == []
+    assert ServerSettings(tokenizer="a/tokenizer.json").tokenizer == [Path("a/tokenizer.json")]
+    assert ServerSettings(tokenizer=["a", "b"]).tokenizer == [Path("a"), Path("b")]
+    monkeypatch.setenv("LOGITCACHE_TOKENIZER", "/models/llama/tokenizer.json")
+    assert ServerSettings().tokenizer == [Path("/models/llama/tokenizer.json")]
+    monkeypatch.setenv("LOGITCACHE_TOKENIZER", '["/models/a", "/models/b"]')
+    assert ServerSettings().tokenizer == [Path("/models/a"), Path("/models/b")]
+    monkeypatch.setenv("LOGITCACHE_TOKENIZER", "[not json")
+    with pytest.raises(ValueError, match="a JSON list of paths"):
+        ServerSettings()
+
+
+def test_a_bad_tokenizer_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
+    done = run_serve("--data-dir", str(tmp_path / "d"), "--tokenizer", str(tmp_path))
+    assert done.returncode == 2
+    assert "no tokenizer.json in" in done.stderr
+
+
+# ---- the overview's histograms, against a plain recomputation ------------------------------------------
+
+
+def _reference_histograms(items: list[tuple[int, bytes]]) -> dict[str, list[int]]:
+    """The stats endpoint's histograms, position by position in plain Python."""
+    entropy, residual, label, per_byte = [], [], [], []
+    max_entries = 0
+    for _, data in items:
+        record = records.decode(data)
+        probs = record.target_probs(dtype=np.float64)
+        max_entries = record.header.max_entries_per_position
+        for pos in range(record.header.num_positions):
+            lo, hi = record.offsets[pos], record.offsets[pos + 1]
+            p = probs[lo:hi]
+            entropy.append(-sum(q * math.log(q) for q in p if q > 0))
+            residual.append(min(1.0, max(0.0, 1.0 - float(p.sum()))))
+            if pos + 1 < record.header.num_positions:
+                hit = record.token_ids[lo:hi] == record.input_ids[pos + 1]
+                label.append(float(p[hit].sum()))
+        per_byte.append(len(data) / record.header.num_positions)
+    top = math.log(max(2, max_entries))
+
+    def binned(values: list[float], lo: float, hi: float) -> list[int]:
+        counts = [0] * 20
+        for v in values:
+            counts[min(19, max(0, int((v - lo) / (hi - lo) * 20)))] += 1
+        return counts
+
+    lo, hi = min(per_byte), max(per_byte)
+    return {
+        "entropy": binned(entropy, 0.0, top),
+        "residual": binned(residual, 0.0, 1.0),
+        "label_prob": binned(label, 0.0, 1.0),
+        "bytes_per_position": binned(per_byte, lo, hi) if hi > lo else [0] * 10 + [len(per_byte)] + [0] * 9,
+    }
+
+
+@pytest.mark.parametrize("shard", [0, 1])
+def test_shard_stats_histograms(served: Served, shard: int) -> None:
+    body = served.http.get(f"/v1/shards/{shard}/stats").json()
+    items = served.items[shard]
+    expected = _reference_histograms(items)
+    positions = len(items) * SEQ_LEN
+    max_entries = 20 if shard == 0 else 5
+    assert body["max_entropy"] == pytest.approx(math.log(max_entries))
+    for name in ("entropy", "residual", "label_prob", "bytes_per_position"):
+        histogram = body[f"{name}_histogram"]
+        assert len(histogram["edges"]) == len(histogram["counts"]) + 1 == 21
+        assert histogram["counts"] == expected[name], name
+    assert sum(body["entropy_histogram"]["counts"]) == positions
+    assert body["entropy_histogram"]["edges"][-1] == pytest.approx(math.log(max_entries))
+    assert body["entropy_histogram"]["mean"] == pytest.approx(body["mean_entropy"])
+    assert sum(body["label_prob_histogram"]["counts"]) == len(items) * (SEQ_LEN - 1)
+    assert body["label_prob_histogram"]["mean"] == pytest.approx(body["mean_label_prob"])
+    assert sum(body["bytes_per_position_histogram"]["counts"]) == len(items)
+    sizes = [len(d) / SEQ_LEN for _, d in items]
+    assert body["bytes_per_position_histogram"]["mean"] == pytest.approx(sum(sizes) / len(sizes))
+    if shard == 1:  # top-k: the ghost mass is there, and binned
+        assert body["residual_histogram"]["mean"] > 0.01
+        assert body["residual_histogram"]["counts"][0] < positions
+
+
+def test_sequence_states_its_absolute_entropy_scale(served: Served) -> None:
+    assert served.http.get("/v1/shards/0/sequences/0").json()["max_entropy"] == pytest.approx(math.log(20))
+    assert served.http.get("/v1/shards/1/sequences/0").json()["max_entropy"] == pytest.approx(math.log(5))
+    assert served.http.get("/v1/shards/1/sequences/0/positions/0").json()["method"] == "topk"

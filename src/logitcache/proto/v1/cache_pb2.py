@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flogitcache/proto/v1/cache.proto\x12\rlogitcache.v1\"\xed\x01\n\x08Manifest\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12%\n\x06method\x18\x02 \x01(\x0e\x32\x15.logitcache.v1.Method\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\t\n\x01k\x18\x05 \x01(\r\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x0f\n\x07seq_len\x18\x07 \x01(\r\x12\x0f\n\x07teacher\x18\x08 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\t \x01(\t\x12&\n\x03run\x18\n \x01(\x0b\x32\x19.logitcache.v1.TeacherRun\"\x90\x01\n\nTeacherRun\x12\x1a\n\x12\x63orpus_fingerprint\x18\x01 \x01(\t\x12\x11\n\tsequences\x18\x02 \x01(\x04\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x11\n\tseq_start\x18\x05 \x01(\x04\x12\x10\n\x08seq_stop\x18\x06 \x01(\x04\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\x9c\x02\n\tShardInfo\x12\r\n\x05shard\x18\x01 \x01(\r\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.logitcache.v1.Manifest\x12\x0e\n\x06sealed\x18\x03 \x01(\x08\x12\x11\n\tsequences\x18\x04 \x01(\x04\x12\x11\n\tpositions\x18\x05 \x01(\x04\x12\x14\n\x0crecord_bytes\x18\x06 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x07 \x01(\x04\x12\x15\n\rhas_sequences\x18\x08 \x01(\x08\x12\x11\n\tfirst_seq\x18\t \x01(\x04\x12\x10\n\x08last_seq\x18\n \x01(\x04\x12\x10\n\x08map_size\x18\x0b \x01(\x04\x12\x0e\n\x06\x64\x61mage\x18\x0c \x01(\t\x12\x17\n\x0f\x64\x61maged_records\x18\r \x01(\x04\"`\n\x12\x43reateShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.logitcache.v1.Manifest\x12\x10\n\x08\x65xist_ok\x18\x03 \x01(\x08\" \n\x0fGetShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"\x13\n\x11ListShardsRequest\">\n\x12ListShardsResponse\x12(\n\x06shards\x18\x01 \x03(\x0b\x32\x18.logitcache.v1.ShardInfo\"!\n\x10SealShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"#\n\x06Record\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"j\n\x0cWriteRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12&\n\x07records\x18\x02 \x03(\x0b\x32\x15.logitcache.v1.Record\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"b\n\x08WriteAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x0f\n\x07written\x18\x03 \x01(\r\x12\x11\n\tunchanged\x18\x04 \x01(\r\x12\x11\n\tpositions\x18\x05 \x01(\x04\"&\n\x08SeqRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"\xac\x01\n\x0bReadRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.logitcache.v1.SeqRange\x12\x12\n\nhas_window\x18\x04 \x01(\x08\x12\x14\n\x0cwindow_start\x18\x05 \x01(\r\x12\x12\n\nwindow_end\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\"6\n\x0cReadResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.logitcache.v1.Record\" \n\x0fListSeqsRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"9\n\x10ListSeqsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.logitcache.v1.SeqRange\"\x0e\n\x0cStatsRequest\"\xc1\x02\n\rStatsResponse\x12\x17\n\x0frecords_written\x18\x01 \x01(\x04\x12\x19\n\x11positions_written\x18\x02 \x01(\x04\x12\x15\n\rbytes_written\x18\x03 \x01(\x04\x12\x14\n\x0crecords_read\x18\x04 \x01(\x04\x12\x16\n\x0epositions_read\x18\x05 \x01(\x04\x12\x12\n\nbytes_read\x18\x06 \x01(\x04\x12\x0e\n\x06shards\x18\x07 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x46\n\x0e\x65rrors_by_code\x18\t \x03(\x0b\x32..logitcache.v1.StatsResponse.ErrorsByCodeEntry\x1a\x33\n\x11\x45rrorsByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*E\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_SAMPLED\x10\x01\x12\x0f\n\x0bMETHOD_TOPK\x10\x02\x32\xd5\x04\n\nLogitCache\x12J\n\x0b\x43reateShard\x12!.logitcache.v1.CreateShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12\x44\n\x08GetShard\x12\x1e.logitcache.v1.GetShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12Q\n\nListShards\x12 .logitcache.v1.ListShardsRequest\x1a!.logitcache.v1.ListShardsResponse\x12\x46\n\tSealShard\x12\x1f.logitcache.v1.SealShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12\x41\n\x05Write\x12\x1b.logitcache.v1.WriteRequest\x1a\x17.logitcache.v1.WriteAck(\x01\x30\x01\x12\x41\n\x04Read\x12\x1a.logitcache.v1.ReadRequest\x1a\x1b.logitcache.v1.ReadResponse0\x01\x12M\n\x08ListSeqs\x12\x1e.logitcache.v1.ListSeqsRequest\x1a\x1f.logitcache.v1.ListSeqsResponse0\x01\x12\x45\n\x08GetStats\x12\x1b.logitcache.v1.StatsRequest\x1a\x1c.logitcache.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flogitcache/proto/v1/cache.proto\x12\rlogitcache.v1\"\xed\x01\n\x08Manifest\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12%\n\x06method\x18\x02 \x01(\x0e\x32\x15.logitcache.v1.Method\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\t\n\x01k\x18\x05 \x01(\r\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x0f\n\x07seq_len\x18\x07 \x01(\r\x12\x0f\n\x07teacher\x18\x08 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\t \x01(\t\x12&\n\x03run\x18\n \x01(\x0b\x32\x19.logitcache.v1.TeacherRun\"\x90\x01\n\nTeacherRun\x12\x1a\n\x12\x63orpus_fingerprint\x18\x01 \x01(\t\x12\x11\n\tsequences\x18\x02 \x01(\x04\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x11\n\tseq_start\x18\x05 \x01(\x04\x12\x10\n\x08seq_stop\x18\x06 \x01(\x04\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\x9c\x02\n\tShardInfo\x12\r\n\x05shard\x18\x01 \x01(\r\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.logitcache.v1.Manifest\x12\x0e\n\x06sealed\x18\x03 \x01(\x08\x12\x11\n\tsequences\x18\x04 \x01(\x04\x12\x11\n\tpositions\x18\x05 \x01(\x04\x12\x14\n\x0crecord_bytes\x18\x06 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x07 \x01(\x04\x12\x15\n\rhas_sequences\x18\x08 \x01(\x08\x12\x11\n\tfirst_seq\x18\t \x01(\x04\x12\x10\n\x08last_seq\x18\n \x01(\x04\x12\x10\n\x08map_size\x18\x0b \x01(\x04\x12\x0e\n\x06\x64\x61mage\x18\x0c \x01(\t\x12\x17\n\x0f\x64\x61maged_records\x18\r \x01(\x04\"`\n\x12\x43reateShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.logitcache.v1.Manifest\x12\x10\n\x08\x65xist_ok\x18\x03 \x01(\x08\" \n\x0fGetShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"\x13\n\x11ListShardsRequest\">\n\x12ListShardsResponse\x12(\n\x06shards\x18\x01 \x03(\x0b\x32\x18.logitcache.v1.ShardInfo\"!\n\x10SealShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"2\n\x12\x44\x65leteShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"#\n\x06Record\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"j\n\x0cWriteRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12&\n\x07records\x18\x02 \x03(\x0b\x32\x15.logitcache.v1.Record\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\x04\"b\n\x08WriteAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x0f\n\x07written\x18\x03 \x01(\r\x12\x11\n\tunchanged\x18\x04 \x01(\r\x12\x11\n\tpositions\x18\x05 \x01(\x04\"&\n\x08SeqRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"\xac\x01\n\x0bReadRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.logitcache.v1.SeqRange\x12\x12\n\nhas_window\x18\x04 \x01(\x08\x12\x14\n\x0cwindow_start\x18\x05 \x01(\r\x12\x12\n\nwindow_end\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\"6\n\x0cReadResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.logitcache.v1.Record\" \n\x0fListSeqsRequest\x12\r\n\x05shard\x18\x01 \x01(\r\"9\n\x10ListSeqsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.logitcache.v1.SeqRange\"\x0e\n\x0cStatsRequest\"\xc1\x02\n\rStatsResponse\x12\x17\n\x0frecords_written\x18\x01 \x01(\x04\x12\x19\n\x11positions_written\x18\x02 \x01(\x04\x12\x15\n\rbytes_written\x18\x03 \x01(\x04\x12\x14\n\x0crecords_read\x18\x04 \x01(\x04\x12\x16\n\x0epositions_read\x18\x05 \x01(\x04\x12\x12\n\nbytes_read\x18\x06 \x01(\x04\x12\x0e\n\x06shards\x18\x07 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x08 \x01(\x01\x12\x46\n\x0e\x65rrors_by_code\x18\t \x03(\x0b\x32..logitcache.v1.StatsResponse.ErrorsByCodeEntry\x1a\x33\n\x11\x45rrorsByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*E\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_SAMPLED\x10\x01\x12\x0f\n\x0bMETHOD_TOPK\x10\x02\x32\xa1\x05\n\nLogitCache\x12J\n\x0b\x43reateShard\x12!.logitcache.v1.CreateShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12\x44\n\x08GetShard\x12\x1e.logitcache.v1.GetShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12Q\n\nListShards\x12 .logitcache.v1.ListShardsRequest\x1a!.logitcache.v1.ListShardsResponse\x12\x46\n\tSealShard\x12\x1f.logitcache.v1.SealShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12J\n\x0b\x44\x65leteShard\x12!.logitcache.v1.DeleteShardRequest\x1a\x18.logitcache.v1.ShardInfo\x12\x41\n\x05Write\x12\x1b.logitcache.v1.WriteRequest\x1a\x17.logitcache.v1.WriteAck(\x01\x30\x01\x12\x41\n\x04Read\x12\x1a.logitcache.v1.ReadRequest\x1a\x1b.logitcache.v1.ReadResponse0\x01\x12M\n\x08ListSeqs\x12\x1e.logitcache.v1.ListSeqsRequest\x1a\x1f.logitcache.v1.ListSeqsResponse0\x01\x12\x45\n\x08GetStats\x12\x1b.logitcache.v1.StatsRequest\x1a\x1c.logitcache.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._loaded_options = None
   _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=1925
-  _globals['_METHOD']._serialized_end=1994
+  _globals['_METHOD']._serialized_start=1977
+  _globals['_METHOD']._serialized_end=2046
   _globals['_MANIFEST']._serialized_start=51
   _globals['_MANIFEST']._serialized_end=288
   _globals['_TEACHERRUN']._serialized_start=291
@@ -51,28 +51,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSHARDSRESPONSE']._serialized_end=939
   _globals['_SEALSHARDREQUEST']._serialized_start=941
   _globals['_SEALSHARDREQUEST']._serialized_end=974
-  _globals['_RECORD']._serialized_start=976
-  _globals['_RECORD']._serialized_end=1011
-  _globals['_WRITEREQUEST']._serialized_start=1013
-  _globals['_WRITEREQUEST']._serialized_end=1119
-  _globals['_WRITEACK']._serialized_start=1121
-  _globals['_WRITEACK']._serialized_end=1219
-  _globals['_SEQRANGE']._serialized_start=1221
-  _globals['_SEQRANGE']._serialized_end=1259
-  _globals['_READREQUEST']._serialized_start=1262
-  _globals['_READREQUEST']._serialized_end=1434
-  _globals['_READRESPONSE']._serialized_start=1436
-  _globals['_READRESPONSE']._serialized_end=1490
-  _globals['_LISTSEQSREQUEST']._serialized_start=1492
-  _globals['_LISTSEQSREQUEST']._serialized_end=1524
-  _globals['_LISTSEQSRESPONSE']._serialized_start=1526
-  _globals['_LISTSEQSRESPONSE']._serialized_end=1583
-  _globals['_STATSREQUEST']._serialized_start=1585
-  _globals['_STATSREQUEST']._serialized_end=1599
-  _globals['_STATSRESPONSE']._serialized_start=1602
-  _globals['_STATSRESPONSE']._serialized_end=1923
-  _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._serialized_start=1872
-  _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._serialized_end=1923
-  _globals['_LOGITCACHE']._serialized_start=1997
-  _globals['_LOGITCACHE']._serialized_end=2594
+  _globals['_DELETESHARDREQUEST']._serialized_start=976
+  _globals['_DELETESHARDREQUEST']._serialized_end=1026
+  _globals['_RECORD']._serialized_start=1028
+  _globals['_RECORD']._serialized_end=1063
+  _globals['_WRITEREQUEST']._serialized_start=1065
+  _globals['_WRITEREQUEST']._serialized_end=1171
+  _globals['_WRITEACK']._serialized_start=1173
+  _globals['_WRITEACK']._serialized_end=1271
+  _globals['_SEQRANGE']._serialized_start=1273
+  _globals['_SEQRANGE']._serialized_end=1311
+  _globals['_READREQUEST']._serialized_start=1314
+  _globals['_READREQUEST']._serialized_end=1486
+  _globals['_READRESPONSE']._serialized_start=1488
+  _globals['_READRESPONSE']._serialized_end=1542
+  _globals['_LISTSEQSREQUEST']._serialized_start=1544
+  _globals['_LISTSEQSREQUEST']._serialized_end=1576
+  _globals['_LISTSEQSRESPONSE']._serialized_start=1578
+  _globals['_LISTSEQSRESPONSE']._serialized_end=1635
+  _globals['_STATSREQUEST']._serialized_start=1637
+  _globals['_STATSREQUEST']._serialized_end=1651
+  _globals['_STATSRESPONSE']._serialized_start=1654
+  _globals['_STATSRESPONSE']._serialized_end=1975
+  _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._serialized_start=1924
+  _globals['_STATSRESPONSE_ERRORSBYCODEENTRY']._serialized_end=1975
+  _globals['_LOGITCACHE']._serialized_start=2049
+  _globals['_LOGITCACHE']._serialized_end=2722
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,14 @@ class SealShardRequest(_message.Message):
     shard: int
     def __init__(self, shard: _Optional[int] = ...) -> None: ...
 
+class DeleteShardRequest(_message.Message):
+    __slots__ = ("shard", "force")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    force: bool
+    def __init__(self, shard: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
 class Record(_message.Message):
     __slots__ = ("seq", "data")
     SEQ_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class LogitCacheStub:
                 request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.SealShardRequest.SerializeToString,
                 response_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.FromString,
                 _registered_method=True)
+        self.DeleteShard = channel.unary_unary(
+                '/logitcache.v1.LogitCache/DeleteShard',
+                request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.DeleteShardRequest.SerializeToString,
+                response_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.FromString,
+                _registered_method=True)
         self.Write = channel.stream_stream(
                 '/logitcache.v1.LogitCache/Write',
                 request_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.WriteRequest.SerializeToString,
@@ -98,6 +103,12 @@ class LogitCacheServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SealShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteShard(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +159,11 @@ def add_LogitCacheServicer_to_server(servicer, server):
             'SealShard': grpc.unary_unary_rpc_method_handler(
                     servicer.SealShard,
                     request_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.SealShardRequest.FromString,
+                    response_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.SerializeToString,
+            ),
+            'DeleteShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteShard,
+                    request_deserializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.DeleteShardRequest.FromString,
                     response_serializer=logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.SerializeToString,
             ),
             'Write': grpc.stream_stream_rpc_method_handler(
@@ -278,6 +294,33 @@ class LogitCache:
             target,
             '/logitcache.v1.LogitCache/SealShard',
             logitcache_dot_proto_dot_v1_dot_cache__pb2.SealShardRequest.SerializeToString,
+            logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logitcache.v1.LogitCache/DeleteShard',
+            logitcache_dot_proto_dot_v1_dot_cache__pb2.DeleteShardRequest.SerializeToString,
             logitcache_dot_proto_dot_v1_dot_cache__pb2.ShardInfo.FromString,
             options,
             channel_credentials,

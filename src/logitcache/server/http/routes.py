@@ -1,36 +1,51 @@
-"""The REST endpoints: health and readiness, metrics, shards, sequences, positions, statistics, sealing.
+"""The REST endpoints: health and readiness, metrics, the server, shards, sequences, positions, statistics, sealing.
 
-Four routers, so that :func:`~logitcache.server.http.app.create_app` can put the auth check on
-exactly the ones that need it: ``ops`` (health, readiness: always open), ``metrics``, ``shards``
-(reads) and ``admin`` (seal). Store errors are answered by the app's handler.
+Five routers, so that :func:`~logitcache.server.http.app.create_app` can put the auth check on
+exactly the ones that need it: ``ops`` (health, readiness: always open), ``metrics``,
+``server_router`` and ``shards`` (reads) and ``admin`` (seal). Store errors are answered by the
+app's handler. Token strings are decoded with the tokenizer chosen for the shard
+(:func:`~logitcache.server.http.deps.choose_tokenizer`); each answer that carries them says which.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import logging
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from logitcache import __version__
 from logitcache.core import records
-from logitcache.core.manifest import ShardInfo
+from logitcache.core.manifest import missing_seqs
 from logitcache.server import inspect
 from logitcache.server.errors import CorruptRecordError
 from logitcache.server.http import schemas
-from logitcache.server.http.deps import ShardId, get_shard, get_stats, get_store, get_tokenizer, require_json
+from logitcache.server.http.deps import (
+    LoadedTokenizer,
+    ShardId,
+    TokenizerChoice,
+    choose_tokenizer,
+    get_shard,
+    get_shard_tokenizer,
+    get_stats,
+    get_store,
+    get_tokenizers,
+    require_json,
+)
 from logitcache.server.shard import Shard
 from logitcache.server.stats import ServerStats
 from logitcache.server.store import Store
 
-__all__ = ["admin", "metrics_router", "ops", "shards"]
+__all__ = ["admin", "metrics_router", "ops", "server_router", "shards"]
 
 log = logging.getLogger(__name__)
 
 ops = APIRouter(tags=["operations"])
 metrics_router = APIRouter(tags=["operations"])
+server_router = APIRouter(prefix="/v1", tags=["server"])
 shards = APIRouter(prefix="/v1/shards", tags=["shards"])
 admin = APIRouter(prefix="/v1/shards", tags=["shards"])
 
@@ -67,49 +82,51 @@ def metrics(stats: Annotated[ServerStats, Depends(get_stats)]) -> Response:
     return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _summary(s: ShardInfo) -> dict[str, Any]:
-    m = s.manifest
+@server_router.get(
+    "/server", summary="This server: version, gRPC address, tokenizers", response_model=schemas.ServerInfo
+)
+def server_info(
+    request: Request, tokenizers: Annotated[list[LoadedTokenizer], Depends(get_tokenizers)]
+) -> dict[str, Any]:
     return {
-        "shard": s.shard,
-        "manifest": None if m is None else dataclasses.asdict(m),
-        "damage": s.damage,
-        "damaged_records": s.damaged_records,
-        "sealed": s.sealed,
-        "sequences": s.sequences,
-        "positions": s.positions,
-        "record_bytes": s.record_bytes,
-        "disk_bytes": s.disk_bytes,
-        "bytes_per_position": round(s.record_bytes / s.positions, 3) if s.positions else 0.0,
-        "first_seq": s.first_seq,
-        "last_seq": s.last_seq,
+        "version": __version__,
+        "grpc_address": request.app.state.grpc_address,
+        "writes_need_token": request.app.state.auth_token is not None,
+        "tokenizers": [{"name": t.name, "fingerprint": t.fingerprint, "vocab_size": t.vocab_size} for t in tokenizers],
     }
+
+
+def _choice(choice: TokenizerChoice) -> dict[str, Any]:
+    return {"status": choice.status, "fingerprint": choice.fingerprint, "name": choice.name, "detail": choice.detail}
 
 
 @shards.get("", summary="All shards", response_model=list[schemas.ShardSummary])
 def list_shards(store: Annotated[Store, Depends(get_store)]) -> list[dict[str, Any]]:
-    return [_summary(shard.stats()) for shard in store.shards()]
+    return [shard.stats().to_dict() for shard in store.shards()]
 
 
 @shards.get(
     "/{shard}", summary="One shard, with its completeness", response_model=schemas.ShardDetail, responses=NOT_FOUND
 )
-def shard_detail(shard: ShardId, found: Annotated[Shard, Depends(get_shard)]) -> dict[str, Any]:
+def shard_detail(
+    shard: ShardId,
+    found: Annotated[Shard, Depends(get_shard)],
+    tokenizers: Annotated[list[LoadedTokenizer], Depends(get_tokenizers)],
+) -> dict[str, Any]:
     stats = found.stats()
+    tokenizer = _choice(choose_tokenizer(tokenizers, stats.manifest))
     if stats.damage is not None:  # its seqs cannot be listed: completeness is unknown
-        return {**_summary(stats), "missing": None, "gaps": None, "complete": None}
-    missing, gaps = found.gaps(MAX_GAPS)
-    run = stats.manifest.run if stats.manifest is not None else None
-    if run is not None:  # the teacher run says which seqs belong here: count those not yet stored at either end
-        first, last = (run.seq_stop, run.seq_stop - 1) if stats.first_seq is None else (stats.first_seq, stats.last_seq)
-        assert last is not None
-        ends = [(run.seq_start, first)] if first > run.seq_start else []
-        gaps = [*ends, *gaps]
-        if last + 1 < run.seq_stop:
-            gaps.append((last + 1, run.seq_stop))
-        missing = (run.seq_stop - run.seq_start) - stats.sequences
-        gaps = gaps[:MAX_GAPS]
+        return {**stats.to_dict(), "missing": None, "gaps": None, "complete": None, "tokenizer": tokenizer}
+    run = stats.manifest.run if stats.manifest is not None else None  # with it, the seqs that belong here
+    missing, gaps = missing_seqs(itertools.chain.from_iterable(found.seq_runs()), run, MAX_GAPS)
     # complete: sealed (the writer says it is done) and nothing missing
-    return {**_summary(stats), "missing": missing, "gaps": gaps, "complete": stats.sealed and missing == 0}
+    return {
+        **stats.to_dict(),
+        "missing": missing,
+        "gaps": gaps,
+        "complete": stats.sealed and missing == 0,
+        "tokenizer": tokenizer,
+    }
 
 
 @admin.post(
@@ -132,7 +149,7 @@ def seal(
 ) -> dict[str, Any]:
     found.seal()
     log.info("shard %d sealed (REST)", shard)
-    return _summary(found.stats())
+    return found.stats().to_dict()
 
 
 @shards.get(
@@ -156,14 +173,19 @@ def sequences(
     }
 
 
-def _record(found: Shard, seq: int, stats: ServerStats) -> records.Record:
+def _record_sized(found: Shard, seq: int, stats: ServerStats) -> tuple[records.Record, int]:
+    """The decoded record and its stored size in bytes."""
     data = found.get(seq)  # store errors (not found, corrupt, damaged) answer through the app's handler
     try:
         record = records.decode(data)
     except records.RecordError as exc:  # the checksum holds, the content does not
         raise CorruptRecordError(f"seq {seq} of shard {found.shard_id} is corrupted on disk: {exc}") from exc
     stats.read(1, record.header.num_positions, len(data))
-    return record
+    return record, len(data)
+
+
+def _record(found: Shard, seq: int, stats: ServerStats) -> records.Record:
+    return _record_sized(found, seq, stats)[0]
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> list[str] | None:
@@ -188,17 +210,19 @@ def sequence(
     seq: SeqId,
     found: Annotated[Shard, Depends(get_shard)],
     stats: Annotated[ServerStats, Depends(get_stats)],
-    tokenizer: Annotated[Any, Depends(get_tokenizer)],
+    choice: Annotated[TokenizerChoice, Depends(get_shard_tokenizer)],
 ) -> dict[str, Any]:
     record = _record(found, seq, stats)
     s = inspect.summarize(record)
     input_ids = record.input_ids.tolist()
-    decoded = _decode(tokenizer, input_ids)
+    decoded = _decode(choice.tokenizer, input_ids)
     tokens: list[str | None] = list(decoded) if decoded is not None else [None] * len(input_ids)
     return {
         "shard": shard,
         "seq": seq,
         "method": record.header.kind,
+        "max_entropy": inspect.max_entropy(_max_entries(record.header)),
+        "tokenizer": _choice(choice),
         "positions": [
             {
                 "pos": pos,
@@ -227,8 +251,9 @@ def position(
     pos: Annotated[int, Path(ge=0, le=2**32 - 1, description="position within the sequence")],
     found: Annotated[Shard, Depends(get_shard)],
     stats: Annotated[ServerStats, Depends(get_stats)],
-    tokenizer: Annotated[Any, Depends(get_tokenizer)],
+    choice: Annotated[TokenizerChoice, Depends(get_shard_tokenizer)],
 ) -> dict[str, Any]:
+    tokenizer = choice.tokenizer
     record = _record(found, seq, stats)
     positions = record.header.num_positions
     if pos >= positions:
@@ -243,6 +268,8 @@ def position(
         "shard": shard,
         "seq": seq,
         "pos": pos,
+        "method": record.header.kind,
+        "tokenizer": _choice(choice),
         "input_id": input_id,
         "input_token": decoded[0] if decoded else None,
         "label": label,
@@ -257,7 +284,7 @@ def position(
 
 @shards.get(
     "/{shard}/stats",
-    summary="Statistics over the first sequences of a shard",
+    summary="Statistics over the first sequences of a shard: means and histograms (the viewer's overview)",
     response_model=schemas.ShardStatsBody,
     responses={**NOT_FOUND, **DATA_LOSS},
 )
@@ -270,10 +297,12 @@ def shard_stats(
     found.require_intact()
     manifest = found.manifest
     assert manifest is not None  # an intact shard has one
-    acc = inspect.ShardSample.empty(manifest.rounds if manifest.method == "sampled" else manifest.k)
+    acc = inspect.ShardSample.empty(
+        min(manifest.vocab_size, manifest.rounds if manifest.method == "sampled" else manifest.k)
+    )
     seen = 0
     for seq, _ in found.seqs_page(0, sample):
-        acc.add(_record(found, seq, stats))
+        acc.add(*_record_sized(found, seq, stats))
         seen += 1
     histogram = acc.histogram.tolist()
     mean_unique = float(np.dot(np.arange(len(histogram)), histogram) / acc.positions) if acc.positions else 0.0
@@ -285,4 +314,20 @@ def shard_stats(
         "mean_unique_tokens": mean_unique,
         "mean_entropy": acc.entropy_sum / acc.positions if acc.positions else 0.0,
         "mean_label_prob": acc.label_prob_sum / acc.label_positions if acc.label_positions else 0.0,
+        "max_entropy": acc.entropy_max,
+        "entropy_histogram": _histogram(acc.entropy_edges, acc.entropy_counts, acc.entropy_sum, acc.positions),
+        "residual_histogram": _histogram(acc.mass_edges, acc.residual_counts, acc.residual_sum, acc.positions),
+        "label_prob_histogram": _histogram(
+            acc.mass_edges, acc.label_prob_counts, acc.label_prob_sum, acc.label_positions
+        ),
+        "bytes_per_position_histogram": _histogram(*acc.bytes_per_position_histogram()),
     }
+
+
+def _histogram(edges: np.ndarray, counts: np.ndarray, total: float, n: int) -> dict[str, Any]:
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "mean": total / n if n else 0.0}
+
+
+def _max_entries(header: records.RecordHeader) -> int:
+    """The most entries a position can hold: N draws (sampled) or k, and never more than V."""
+    return min(header.vocab_size, header.rounds if header.kind == "sampled" else header.k)

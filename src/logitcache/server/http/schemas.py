@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ErrorBody",
+    "Histogram",
     "Manifest",
     "PositionDetail",
     "PositionSummary",
@@ -13,9 +16,12 @@ __all__ = [
     "SequenceDetail",
     "SequencePage",
     "SequenceRef",
+    "ServerInfo",
     "ShardDetail",
     "ShardStatsBody",
     "ShardSummary",
+    "TokenizerInfo",
+    "TokenizerStatus",
 ]
 
 
@@ -46,6 +52,40 @@ class Manifest(BaseModel):
     run: TeacherRun | None = Field(default=None, description="the teacher run filling the shard (null: none recorded)")
 
 
+class TokenizerInfo(BaseModel):
+    name: str = Field(
+        description="where it was loaded from: its directory and file name", examples=["Llama-3.2-3B/tokenizer.json"]
+    )
+    fingerprint: str = Field(examples=["xxh64:9c1d2e3f4a5b6c7d"])
+    vocab_size: int | None = Field(examples=[128256])
+
+
+class ServerInfo(BaseModel):
+    version: str
+    grpc_address: str | None = Field(description="where writers connect (host:port)", examples=["127.0.0.1:50051"])
+    writes_need_token: bool = Field(description="the server has an auth token (--auth-token)")
+    tokenizers: list[TokenizerInfo] = Field(description="the tokenizers loaded (--tokenizer)")
+
+
+class TokenizerStatus(BaseModel):
+    """Which loaded tokenizer decodes this shard's ids: the one whose fingerprint its manifest records."""
+
+    status: Literal["matched", "unverified", "none", "mismatch"] = Field(
+        description="matched: the fingerprints agree; unverified: the manifest records none and the only loaded "
+        "tokenizer is used; mismatch: tokenizers are loaded but none has the shard's fingerprint (ids only); "
+        "none: no tokenizer could be picked (ids only)"
+    )
+    fingerprint: str = Field(description="the manifest's tokenizer fingerprint ('' when it records none)")
+    name: str | None = Field(description="the tokenizer used (null: none)")
+    detail: str = Field(description="why, for people")
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="bin edges, one more than counts; bins are [edges[i], edges[i + 1])")
+    counts: list[int]
+    mean: float = Field(description="the mean of the values binned")
+
+
 class ShardSummary(BaseModel):
     shard: int = Field(examples=[0])
     manifest: Manifest | None = Field(description="null only for a damaged shard whose manifest cannot be read")
@@ -69,6 +109,7 @@ class ShardDetail(ShardSummary):
     )
     gaps: list[tuple[int, int]] | None = Field(description="up to 100 missing [start, end) seq ranges", examples=[[]])
     complete: bool | None = Field(description="sealed, and no seq missing (null: damaged)")
+    tokenizer: TokenizerStatus
 
 
 class SealRequest(BaseModel):
@@ -91,7 +132,7 @@ class SequencePage(BaseModel):
 class PositionSummary(BaseModel):
     pos: int
     input_id: int
-    token: str | None = Field(None, description="decoded input token (with --tokenizer)")
+    token: str | None = Field(None, description="decoded input token (with the shard's tokenizer)")
     entries: int
     top_token: int
     top_prob: float
@@ -107,6 +148,11 @@ class SequenceDetail(BaseModel):
     shard: int
     seq: int
     method: str
+    max_entropy: float = Field(
+        description="log of the most entries a position can hold (N draws or k): the largest entropy a stored "
+        "target can have, the top of an absolute entropy scale (nats)"
+    )
+    tokenizer: TokenizerStatus
     positions: list[PositionSummary]
 
 
@@ -114,6 +160,8 @@ class PositionDetail(BaseModel):
     shard: int
     seq: int
     pos: int
+    method: str
+    tokenizer: TokenizerStatus
     input_id: int
     input_token: str | None = None
     label: int | None = Field(description="the next input token: what the student is trained to predict")
@@ -121,7 +169,7 @@ class PositionDetail(BaseModel):
     token_ids: list[int]
     probs: list[float]
     counts: list[int] | None = Field(None, description="raw counts out of `rounds` (sampled records)")
-    tokens: list[str] | None = Field(None, description="decoded token strings (with --tokenizer)")
+    tokens: list[str] | None = Field(None, description="decoded token strings (with the shard's tokenizer)")
     residual: float
 
 
@@ -133,3 +181,14 @@ class ShardStatsBody(BaseModel):
     mean_unique_tokens: float
     mean_entropy: float
     mean_label_prob: float = Field(description="mean target probability of the next input token")
+    max_entropy: float = Field(description="log of the most entries a position can hold (nats): entropy's top edge")
+    entropy_histogram: Histogram = Field(description="positions by target entropy, on [0, max_entropy] nats")
+    residual_histogram: Histogram = Field(
+        description="positions by residual mass 1 − Σ t (top-k: the ghost mass), on [0, 1]"
+    )
+    label_prob_histogram: Histogram = Field(
+        description="positions but the last by the next token's target probability, on [0, 1]"
+    )
+    bytes_per_position_histogram: Histogram = Field(
+        description="sequences by stored bytes / positions, over the range seen"
+    )

@@ -1,0 +1,155 @@
+"""``logitcache shards``: list, inspect, seal and delete the shards of running servers.
+
+Every action talks to the servers over gRPC (:class:`~logitcache.client.CacheClient`), so it sees
+exactly what the training jobs see, and goes through the same checks as any other client: a
+mutation needs the server's token when it has one, and a sealed shard is deleted only with
+``--force``. ``--json`` prints what a script wants instead of a table: ``ls`` one JSON array,
+the other actions one object (the fields of :meth:`ShardInfo.to_dict
+<logitcache.core.manifest.ShardInfo.to_dict>`, and for ``info`` the completeness too).
+
+Exit status: 0 done; 1 the server refused or could not be reached (one line on stderr says why);
+2 a usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import grpc
+
+from logitcache.client import CacheClient, CacheError, NotFoundError, UnavailableError
+from logitcache.core.manifest import ShardInfo, missing_seqs
+
+__all__ = ["run"]
+
+MAX_RANGES = 20  # missing ranges `info` lists
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the action ``args.action`` (see :func:`logitcache.apps.cli._add_shards_flags`)."""
+    servers = args.server
+    try:
+        with CacheClient(servers, auth_token=args.auth_token, timeout=args.timeout, retries=1) as client:
+            return _ACTIONS[args.action](client, args)
+    except UnavailableError as exc:
+        where = ", ".join(servers)
+        print(
+            f"logitcache shards {args.action}: cannot reach {where} (is a server running?): {exc.details}",
+            file=sys.stderr,
+        )
+    except CacheError as exc:
+        hint = " (add --force)" if args.action == "rm" and "needs force" in exc.details else ""
+        print(f"logitcache shards {args.action}: {exc}{hint}", file=sys.stderr)
+    return 1
+
+
+def _ls(client: CacheClient, args: argparse.Namespace) -> int:
+    infos = client.list_shards()
+    if args.json:
+        print(json.dumps([info.to_dict() for info in infos]))
+        return 0
+    if not infos:
+        print(f"no shards on {', '.join(client.addresses)}: `logitcache teacher` fills them")
+        return 0
+    header = ("SHARD", "METHOD", "TEACHER", "SEQS", "POSITIONS", "B/POS", "SEALED", "DAMAGED")
+    rows = [header, *(_row(info) for info in infos)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = {0, 3, 4, 5}
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _row(info: ShardInfo) -> tuple[str, ...]:
+    m = info.manifest
+    damaged = "no" if info.damage is None else "yes"
+    if info.damaged_records:
+        damaged = f"{damaged}, {info.damaged_records} records"
+    return (
+        str(info.shard),
+        "?" if m is None else m.method_label,
+        "?" if m is None else (m.teacher or "-"),
+        f"{info.sequences:,}",
+        f"{info.positions:,}",
+        f"{info.bytes_per_position:.1f}",
+        "yes" if info.sealed else "no",
+        damaged,
+    )
+
+
+def _info(client: CacheClient, args: argparse.Namespace) -> int:
+    # from the listing, which a damaged shard is in too (GetShard answers it with DATA_LOSS)
+    info = next((i for i in client.list_shards() if i.shard == args.shard), None)
+    if info is None:
+        where = ", ".join(client.addresses)
+        raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"shard {args.shard} does not exist on {where}")
+    completeness = _completeness(client, info)
+    if args.json:
+        print(json.dumps({**info.to_dict(), **completeness}))
+        return 0
+    m = info.manifest
+    print(f"shard {info.shard} on {client.locate(info.shard)}")
+    if info.damage is not None:
+        print(f"  DAMAGED: {info.damage}")
+    if m is not None:
+        print(f"  method       {m.method_label}")
+        print(f"  teacher      {m.teacher or '-'}")
+        print(f"  vocab size   {m.vocab_size:,}")
+        print(f"  seq len      {m.seq_len or 'any'}")
+        print(f"  tokenizer    {m.tokenizer_fingerprint or '-'}")
+        if m.run is not None:
+            r = m.run
+            print(f"  corpus       {r.corpus_fingerprint} ({r.sequences:,} sequences)")
+            print(
+                f"  slice        seqs [{r.seq_start:,}, {r.seq_stop:,}): rank {r.rank} of {r.world_size}, seed {r.seed}"
+            )
+    print(f"  sealed       {'yes' if info.sealed else 'no'}")
+    if completeness["missing"] is None:
+        print("  complete     unknown (the shard is damaged)")
+    else:
+        state = "yes" if completeness["complete"] else "no"
+        print(f"  complete     {state}: {info.sequences:,} sequences stored, {completeness['missing']:,} missing")
+        for start, end in completeness["gaps"]:
+            print(f"    missing seqs [{start:,}, {end:,})")
+        if completeness["missing"] and len(completeness["gaps"]) == MAX_RANGES:
+            print(f"    (the first {MAX_RANGES} ranges)")
+    print(f"  positions    {info.positions:,} ({info.bytes_per_position:.1f} bytes each)")
+    print(f"  bytes        {info.record_bytes:,} in records, {info.disk_bytes:,} on disk (map {info.map_size:,})")
+    if info.damaged_records:
+        print(f"  {info.damaged_records} record(s) failed their checksum when read")
+    return 0
+
+
+def _completeness(client: CacheClient, info: ShardInfo) -> dict[str, Any]:
+    """``missing`` (count), ``gaps`` (the first ranges) and ``complete`` (sealed, none missing); None when damaged."""
+    if info.damage is not None:
+        return {"missing": None, "gaps": None, "complete": None}
+    run = info.manifest.run if info.manifest is not None else None
+    missing, gaps = missing_seqs(client.seq_runs(info.shard), run, MAX_RANGES)
+    return {"missing": missing, "gaps": gaps, "complete": info.sealed and missing == 0}
+
+
+def _seal(client: CacheClient, args: argparse.Namespace) -> int:
+    info = client.seal_shard(args.shard)
+    print(json.dumps(info.to_dict()) if args.json else f"shard {info.shard} sealed ({info.sequences:,} sequences)")
+    return 0
+
+
+def _rm(client: CacheClient, args: argparse.Namespace) -> int:
+    info = client.delete_shard(args.shard, force=args.force)
+    if args.json:
+        print(json.dumps(info.to_dict()))
+    else:
+        sealed = ", sealed" if info.sealed else ""
+        print(f"shard {info.shard} deleted ({info.sequences:,} sequences, {info.disk_bytes:,} bytes on disk{sealed})")
+    return 0
+
+
+_ACTIONS = {"ls": _ls, "info": _info, "seal": _seal, "rm": _rm}
