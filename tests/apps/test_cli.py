@@ -143,6 +143,7 @@ def test_top_level_help_describes_the_project_and_version_is_printed(capsys: pyt
         ),
         (["serve", "--data_dir", "x"], "logitcache serve", "--data_dir: did you mean --data-dir?"),
         (["shards", "rm", "3", "--froce"], "logitcache shards rm", "--froce: did you mean --force?"),
+        (["shards", "rm", "3", "--forc"], "logitcache shards rm", "--forc: did you mean --force?"),  # no abbreviations
     ],
 )
 def test_a_misspelled_flag_names_the_closest_one_with_the_command_s_usage(

@@ -76,29 +76,31 @@ def test_bin_is_a_read_only_view_of_the_file_not_a_copy(tmp_path: Path) -> None:
     ("stored", "read_as", "pattern"),
     [
         ("uint32", "uint16", "int32 or uint32"),
+        ("int32", "uint16", "int32 or uint32"),
         ("int64", "uint16", "int64"),
         ("int64", "uint32", "int64"),
         ("int64", "int32", "int64"),
     ],
 )
+@pytest.mark.parametrize("vocab", [1000, 128_256])  # ids past 65,535 too: their high 16 bits are 1
 def test_bin_of_wider_ids_read_as_a_narrower_type_is_refused(
-    tmp_path: Path, stored: str, read_as: str, pattern: str
+    tmp_path: Path, stored: str, read_as: str, pattern: str, vocab: int
 ) -> None:
     """The issue's int64 file read as the default uint16 ran silently with four times the sequences."""
-    np.arange(64, dtype=stored).tofile(tmp_path / "c.bin")
-    with pytest.raises(
-        CorpusError, match=rf"c\.bin: read as {read_as}, its tokens come out as \[0, 0, .*the pattern of {pattern} ids"
-    ):
+    np.random.default_rng(0).integers(0, vocab, 1024).astype(stored).tofile(tmp_path / "c.bin")
+    with pytest.raises(CorpusError, match=rf"c\.bin: read as {read_as}, .* the pattern of {pattern} ids"):
         load_sequences(tmp_path / "c.bin", 8, token_dtype=read_as)
-    assert load_sequences(tmp_path / "c.bin", 8, token_dtype=stored).shape == (8, 8)
+    assert load_sequences(tmp_path / "c.bin", 8, token_dtype=stored).shape == (128, 8)
 
 
-def test_a_real_token_stream_with_many_zeros_is_not_taken_for_wider_ids(tmp_path: Path) -> None:
-    tokens = np.zeros(128, dtype=np.uint16)
-    tokens[::2] = 5
-    tokens[-1] = 7  # one high part that is not zero: not the pattern of wider ids
+@pytest.mark.parametrize("vocab", [300, 50_257, 128_256])
+def test_real_token_streams_are_not_taken_for_wider_ids(tmp_path: Path, vocab: int) -> None:
+    rng = np.random.default_rng(1)
+    dtype = np.uint16 if vocab <= 65_536 else np.uint32
+    tokens = rng.integers(0, vocab, 4096).astype(dtype)
+    tokens[1::2] = np.where(rng.random(2048) < 0.9, tokens[1::2] % 16, tokens[1::2])  # mostly tiny ids between
     tokens.tofile(tmp_path / "c.bin")
-    np.testing.assert_array_equal(load_sequences(tmp_path / "c.bin", 8).ravel(), tokens)
+    np.testing.assert_array_equal(load_sequences(tmp_path / "c.bin", 8, token_dtype=dtype.__name__).ravel(), tokens)
 
 
 @pytest.mark.parametrize(("n_bytes", "token_dtype"), [(7, "uint16"), (10, "uint32"), (4099, "uint32")])

@@ -6,9 +6,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from logitcache.apps.cli import main
+from logitcache.core import records
 from logitcache.core.manifest import TeacherRun
 from logitcache.server import layout
 from tests.server.helpers import MANIFEST, TOPK_MANIFEST, make_records, running_server
@@ -39,7 +41,8 @@ def test_ls_info_seal_and_rm(
         client.create_shard(0, TOPK_MANIFEST)
         client.write(0, make_records(2, topk=True))
         client.create_shard(1, dataclasses.replace(MANIFEST, run=RUN))
-        client.write(1, [item for item in make_records(10) if item[0] not in (5, 6, 8, 9)])
+        stored = [item for item in make_records(10) if item[0] not in (5, 6, 8, 9)]
+        client.write(1, stored)
 
         code, out, _ = _shards(capsys, port, "ls")
         assert code == 0
@@ -69,9 +72,16 @@ def test_ls_info_seal_and_rm(
         assert "complete     no: 6 sequences stored, 4 missing" in out
         assert "missing seqs [5, 7)" in out
         assert "missing seqs [8, 10)" in out
+        assert "targets      over the first 6 seqs, per position:" in out
         code, out, _ = _shards(capsys, port, "info", "1", "--json")
         info = json.loads(out)
         assert (info["missing"], info["gaps"], info["complete"]) == (4, [[5, 7], [8, 10]], False)
+        entries = np.concatenate([np.diff(records.decode(data).offsets) for _, data in stored])
+        assert info["sample"]["sequences"] == 6
+        assert info["sample"]["mean_unique_tokens"] == pytest.approx(float(entries.mean()))
+        assert info["sample"]["max_entropy"] == pytest.approx(np.log(20))
+        code, out, _ = _shards(capsys, port, "info", "1", "--sample", "2", "--json")
+        assert json.loads(out)["sample"]["sequences"] == 2
 
         # mutations need the token: refused, nothing changed
         code, _, err = _shards(capsys, port, "seal", "1")
@@ -118,7 +128,23 @@ def test_a_damaged_shard_is_listed_and_described(tmp_path: Path, capsys: pytest.
 def test_an_unreachable_server_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with running_server(tmp_path) as (server, _):
         port = server.port
-    code, out, err = _shards(capsys, port, "ls", "--timeout", "5")
-    assert (code, out) == (1, "")
-    assert err.startswith(f"logitcache shards ls: cannot reach 127.0.0.1:{port} (is a server running?): ")
-    assert len(err.splitlines()) == 1
+    for action in (["ls"], ["info", "0"], ["seal", "0"], ["rm", "0"]):
+        code, out, err = _shards(capsys, port, *action, "--timeout", "5")
+        assert (code, out) == (1, "")
+        assert err.startswith(f"logitcache shards {action[0]}: cannot reach 127.0.0.1:{port} (is a server running?): ")
+        assert len(err.splitlines()) == 1, err
+
+
+def test_the_server_from_the_environment_and_a_bad_shard_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_server(tmp_path) as (server, client):
+        client.create_shard(4, MANIFEST)
+        monkeypatch.setenv("LOGITCACHE_SERVER", f"127.0.0.1:{server.port}")
+        assert main(["shards", "ls", "--json"]) == 0
+        assert [s["shard"] for s in json.loads(capsys.readouterr().out)] == [4]
+        with pytest.raises(SystemExit) as exited:
+            main(["shards", "rm", "--", "-1"])
+        assert exited.value.code == 2
+        assert "expected a shard number 0 <= shard < 2**32, got -1" in capsys.readouterr().err
+        assert client.get_shard(4).shard == 4

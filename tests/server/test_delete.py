@@ -93,3 +93,18 @@ def test_a_start_clears_what_an_interrupted_deletion_left(tmp_path: Path) -> Non
         assert not leftover.exists()
     finally:
         store.close()
+
+
+def test_what_an_earlier_deletion_left_does_not_stop_the_next(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    try:
+        store.create_shard(3, MANIFEST).write_batch(make_records(1))
+        path = layout.shard_dir(tmp_path, 3)
+        leftover = path.with_name(path.name + layout.DELETING_SUFFIX)
+        leftover.mkdir()
+        (leftover / "data.mdb").write_bytes(b"half removed")
+        assert store.delete_shard(3).sequences == 1
+        assert list((tmp_path / "shards").iterdir()) == []
+        assert store.infos() == []
+    finally:
+        store.close()

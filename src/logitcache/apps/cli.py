@@ -66,10 +66,40 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors that fit on a screen: the command's usage when it is short, else a pointer to
+    its ``--help`` (serve's usage alone is 15 lines), then the message."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        usage = self.format_usage()
+        if usage.count("\n") > 3:
+            usage = f"usage: {self.prog} [options]  (`{self.prog} --help` lists them)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
+def _shard_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a shard number 0 <= shard < 2**32, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logitcache", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_HelpFormatter
-    )
+    parser = _Parser(prog="logitcache", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"logitcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -134,24 +164,32 @@ def _add_shards_flags(parser: argparse.ArgumentParser) -> None:
     """``shards ls | info | seal | rm``; the connection flags on each action, so they may follow it."""
     connection = argparse.ArgumentParser(add_help=False)
     _add_connection_flags(connection)
-    connection.add_argument("--timeout", type=float, default=10.0, help="seconds each call may take")
+    connection.add_argument("--timeout", type=_seconds, default=10.0, help="seconds each call or stream may take")
     connection.add_argument("--json", action="store_true", help="JSON for scripts instead of a table")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
-        leaf = actions.add_parser(
-            name, help=summary, description=f"{summary}.", parents=[connection], formatter_class=_HelpFormatter
+        leaf = actions.add_parser(  # no abbreviations: `--f` must not mean --force
+            name,
+            help=summary,
+            description=f"{summary}.",
+            parents=[connection],
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,
         )
         leaf.set_defaults(parser_=leaf)
         return leaf
 
     action("ls", "A table of every shard: method, teacher, sequences, positions, bytes per position, sealed, damaged")
     info = action("info", "One shard: its manifest, completeness (which seqs are missing) and sizes")
-    info.add_argument("shard", type=int, help="the shard number")
+    info.add_argument("shard", type=_shard_number, help="the shard number")
+    info.add_argument(
+        "--sample", type=_count, default=100, help="seqs whose targets the means are taken over (0: none)"
+    )
     seal = action("seal", "Seal a shard: it takes no more writes, and loaders accept it without a warning")
-    seal.add_argument("shard", type=int, help="the shard number")
+    seal.add_argument("shard", type=_shard_number, help="the shard number")
     rm = action("rm", "Delete a shard and its files")
-    rm.add_argument("shard", type=int, help="the shard number")
+    rm.add_argument("shard", type=_shard_number, help="the shard number")
     rm.add_argument("--force", action="store_true", help="delete it even if it is sealed")
 
 

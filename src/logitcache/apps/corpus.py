@@ -130,20 +130,24 @@ def _load_bin(path: Path, seq_len: int, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 def _refuse_wider_elements(sample: np.ndarray, dtype: np.dtype[Any], path: Path) -> None:
-    """Refuse a file of wider integers read as ``dtype``: little-endian ids narrower than their type
-    leave every high part zero, so read as ``dtype`` the file shows ``[id, 0, id, 0, ...]`` (twice as
-    wide) or ``[id, 0, 0, 0, ...]`` (four times): a pattern no real token stream has."""
+    """Refuse a file of wider integers read as ``dtype``.
+
+    A little-endian id of a wider type, read as ``factor`` elements of ``dtype``, is its low part
+    followed by high parts that are zero or nearly so (``id >> 16`` is below 16 for any vocabulary
+    under a million): ``[id, 0, 0, 0, id, 1, 0, 0, ...]`` for int64 read as uint16. A real token
+    stream never has every ``factor``-th element a plausible id and all those between below 16.
+    """
     for factor in (4, 2):
         wider = {4: "int32 or uint32", 8: "int64"}.get(dtype.itemsize * factor)
         if wider is None:
             continue
-        usable = sample[: len(sample) // factor * factor].reshape(-1, factor)
-        if usable.shape[0] >= 16 and not usable[:, 1:].any() and usable[:, 0].any():
+        groups = sample[: len(sample) // factor * factor].reshape(-1, factor)
+        if groups.shape[0] >= 16 and int(groups[:, 1:].max()) < 16 <= int(groups[:, 0].max()):
             head = ", ".join(str(int(v)) for v in sample[: 2 * factor])
             raise CorpusError(
-                f"{path}: read as {dtype.name}, its tokens come out as [{head}, ...]: every {factor}th is non-zero "
-                f"and the rest zero, the pattern of {wider} ids read as {dtype.name}; pass the file's own type "
-                f"(--token-dtype, one of {', '.join(TOKEN_DTYPES)})"
+                f"{path}: read as {dtype.name}, its tokens come out as [{head}, ...]: every {factor}th looks like "
+                f"an id and the {factor - 1} after it are all below 16, the pattern of {wider} ids read as "
+                f"{dtype.name}; pass the file's own type (--token-dtype, one of {', '.join(TOKEN_DTYPES)})"
             )
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 import grpc
 
 from logitcache.client import CacheClient, CacheError, NotFoundError, UnavailableError
+from logitcache.core import records
 from logitcache.core.manifest import ShardInfo, missing_seqs
+from logitcache.server.inspect import ShardSample
 
 __all__ = ["run"]
 
@@ -31,8 +34,13 @@ MAX_RANGES = 20  # missing ranges `info` lists
 def run(args: argparse.Namespace) -> int:
     """Run the action ``args.action`` (see :func:`logitcache.apps.cli._add_shards_flags`)."""
     servers = args.server
+    client_log = logging.getLogger("logitcache.client")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)  # its warnings (a server that did not answer) end in the one line below
     try:
-        with CacheClient(servers, auth_token=args.auth_token, timeout=args.timeout, retries=1) as client:
+        with CacheClient(
+            servers, auth_token=args.auth_token, timeout=args.timeout, stream_timeout=args.timeout, retries=1
+        ) as client:
             return _ACTIONS[args.action](client, args)
     except UnavailableError as exc:
         where = ", ".join(servers)
@@ -43,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as exc:
         hint = " (add --force)" if args.action == "rm" and "needs force" in exc.details else ""
         print(f"logitcache shards {args.action}: {exc}{hint}", file=sys.stderr)
+    finally:
+        client_log.setLevel(level)
     return 1
 
 
@@ -91,8 +101,9 @@ def _info(client: CacheClient, args: argparse.Namespace) -> int:
         where = ", ".join(client.addresses)
         raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"shard {args.shard} does not exist on {where}")
     completeness = _completeness(client, info)
+    sample = _sample(client, info, args.sample)
     if args.json:
-        print(json.dumps({**info.to_dict(), **completeness}))
+        print(json.dumps({**info.to_dict(), **completeness, "sample": sample}))
         return 0
     m = info.manifest
     print(f"shard {info.shard} on {client.locate(info.shard)}")
@@ -124,7 +135,26 @@ def _info(client: CacheClient, args: argparse.Namespace) -> int:
     print(f"  bytes        {info.record_bytes:,} in records, {info.disk_bytes:,} on disk (map {info.map_size:,})")
     if info.damaged_records:
         print(f"  {info.damaged_records} record(s) failed their checksum when read")
+    if sample is not None and sample["sequences"]:
+        print(f"  targets      over the first {sample['sequences']:,} seqs, per position:")
+        print(f"    unique ids {sample['mean_unique_tokens']:.1f}")
+        print(f"    entropy    {sample['mean_entropy']:.3f} nats (at most {sample['max_entropy']:.3f})")
+        print(f"    residual   {sample['mean_residual']:.4f} (the mass outside the stored ids)")
+        print(f"    next token {sample['mean_label_prob']:.3f} (its target probability)")
     return 0
+
+
+def _sample(client: CacheClient, info: ShardInfo, count: int) -> dict[str, Any] | None:
+    """Means over the targets of the shard's first ``count`` seqs (read as a training job would); None if
+    damaged or not asked for. The same figures as REST's ``/v1/shards/{shard}/stats``."""
+    if info.damage is not None or info.manifest is None or count == 0 or info.first_seq is None:
+        return None
+    acc = ShardSample.for_manifest(info.manifest)
+    seen = 0
+    for _, data in client.read(info.shard, ranges=[(info.first_seq, info.first_seq + count)]):
+        acc.add(records.decode(data), len(data))
+        seen += 1
+    return {"sequences": seen, "max_entropy": acc.entropy_max, **acc.means()}
 
 
 def _completeness(client: CacheClient, info: ShardInfo) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from logitcache.server.disk import human_bytes
-from logitcache.server.errors import ServerBusyError
+from logitcache.server.errors import ServerBusyError, ShardNotFoundError
 from logitcache.server.shard import Batch, Shard, WriteResult
 
 __all__ = ["Committer", "StreamState"]
@@ -76,6 +76,9 @@ class Committer:
         nbytes = batch.nbytes
         index = stream.submitted
         stream.submitted += 1
+        if shard.deleted:  # never a queue for it: it would take the place of a new shard's with the same id
+            stream.fail(index)
+            raise ShardNotFoundError(f"shard {shard.shard_id} was deleted")
         if self.pending_bytes and self.pending_bytes + nbytes > self.max_pending_bytes:
             stream.fail(index)
             raise ServerBusyError(

@@ -206,7 +206,7 @@ class LogitCacheService:
     async def ListShards(
         self, request: pb.ListShardsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListShardsResponse:
-        infos = await self._in(self._reads, lambda: [s.stats() for s in self.store.shards()])
+        infos = await self._in(self._reads, self.store.infos)
         return pb.ListShardsResponse(shards=[wire.shard_info_to_proto(info) for info in infos])
 
     async def SealShard(self, request: pb.SealShardRequest, context: grpc.aio.ServicerContext) -> pb.ShardInfo:

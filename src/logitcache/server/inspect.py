@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from logitcache.core.manifest import ShardManifest
 from logitcache.core.records import Record
 
 __all__ = ["BINS", "PositionSummary", "ShardSample", "max_entropy", "position_entries", "summarize"]
@@ -142,6 +143,21 @@ class ShardSample:
         self.label_positions += int(labelled.shape[0])
         self.label_prob_counts += _binned(labelled, self.mass_edges)
         self.bytes_per_position.append(nbytes / record.header.num_positions)
+
+    @classmethod
+    def for_manifest(cls, manifest: ShardManifest) -> ShardSample:
+        """An empty sample for a shard of ``manifest`` (at most N, or k, entries per position)."""
+        return cls.empty(min(manifest.vocab_size, manifest.rounds if manifest.method == "sampled" else manifest.k))
+
+    def means(self) -> dict[str, float]:
+        """Per position: unique ids, target entropy (nats), residual mass; per labelled position: the label's prob."""
+        positions = self.positions or 1
+        return {
+            "mean_unique_tokens": float(np.dot(np.arange(len(self.histogram)), self.histogram)) / positions,
+            "mean_entropy": self.entropy_sum / positions,
+            "mean_residual": self.residual_sum / positions,
+            "mean_label_prob": self.label_prob_sum / (self.label_positions or 1),
+        }
 
     def bytes_per_position_histogram(self) -> tuple[FloatArray, npt.NDArray[np.int64], float, int]:
         """``(edges [BINS + 1], counts [BINS], sum, records)`` of bytes per position, over the range seen."""

@@ -297,13 +297,30 @@ class Shard:
 
     # ----------------------------------------------------------------- state
 
-    def retire(self) -> None:
-        """Close for good, once the calls inside have left: later calls on this object raise NOT_FOUND."""
-        with self._write_lock, self._gate.exclusive():
-            self._deleted = True
-            if self._env is not None:
-                self._env.close()
-                self._env = None
+    @property
+    def deleted(self) -> bool:
+        return self._deleted
+
+    def retire(self, *, force: bool) -> ShardInfo:
+        """Close for good (the step before deleting the files): its info just before.
+
+        Under the write lock, so no write or seal runs meanwhile: a shard sealed by then needs
+        ``force`` (else :class:`ShardSealedError`, and nothing changes). Reads and streams inside
+        finish the chunk they are in; later calls on this object raise NOT_FOUND.
+        """
+        with self._write_lock:
+            if self._sealed and not force:
+                raise ShardSealedError(
+                    f"shard {self.shard_id} is sealed: its targets are complete and may be in use; "
+                    "deleting it needs force"
+                )
+            info = self.stats()
+            with self._gate.exclusive():
+                self._deleted = True
+                if self._env is not None:
+                    self._env.close()
+                    self._env = None
+        return info
 
     def _require_open(self) -> lmdb.Environment:
         if self._deleted:
@@ -668,6 +685,8 @@ class Shard:
             next_seq = resume
 
     def stats(self) -> ShardInfo:
+        if self._deleted:
+            raise ShardNotFoundError(f"shard {self.shard_id} was deleted")
         info = ShardInfo(
             shard=self.shard_id,
             manifest=self.manifest,

@@ -107,8 +107,7 @@ class _TotalsCollector(Collector):
             ("damaged_records", "Records of a shard that failed their checksum when read"),
         ]
         families = [GaugeMetricFamily(f"logitcache_shard_{name}", doc, labels=["shard"]) for name, doc in gauges]
-        for shard in self._store.shards():
-            info = shard.stats()
+        for info in self._store.infos():
             values = (info.sequences, info.positions, info.disk_bytes, info.damage is not None, info.damaged_records)
             for family, value in zip(families, values, strict=True):
                 family.add_metric([str(info.shard)], float(value))

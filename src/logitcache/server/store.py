@@ -21,13 +21,7 @@ from pathlib import Path
 from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.server import layout
 from logitcache.server.disk import DiskSpace
-from logitcache.server.errors import (
-    InvalidRequestError,
-    ManifestError,
-    ShardExistsError,
-    ShardNotFoundError,
-    ShardSealedError,
-)
+from logitcache.server.errors import InvalidRequestError, ManifestError, ShardExistsError, ShardNotFoundError
 from logitcache.server.shard import Shard
 
 __all__ = ["Store"]
@@ -109,10 +103,11 @@ class Store:
                         )
                     done = self._creating[shard_id] = threading.Event()
                     break
-            if existing is not None:
-                return self._existing(existing, manifest, exist_ok)
-            assert underway is not None
-            underway.wait()
+            if underway is not None:  # being made, or being deleted: look again once that is done
+                underway.wait()
+                continue
+            assert existing is not None
+            return self._existing(existing, manifest, exist_ok)
         try:
             shard = Shard.create(
                 shard_id,
@@ -146,40 +141,52 @@ class Store:
     def delete_shard(self, shard_id: int, *, force: bool = False) -> ShardInfo:
         """Delete a shard and its files; its :class:`ShardInfo` just before. A sealed shard needs ``force``.
 
-        Calls already inside the shard finish first; later ones are NOT_FOUND, and a creation of
-        the same shard waits until the files are gone. The directory is renamed to
+        A write or seal under way finishes first (:meth:`Shard.retire`); a Read or ListSeqs stream
+        under way ends with NOT_FOUND at its next chunk; later calls are NOT_FOUND, and a creation
+        of the same shard waits until the files are gone. The directory is renamed to
         ``<name>.deleting`` (atomic) before it is removed, so a crash leaves either the whole shard
         or a leftover the next start clears. A damaged shard can be deleted like any other.
         """
         path = self._path(shard_id)
         with self._lock:
             shard = self._shards.get(shard_id)
-            if shard is None:
+            if shard is None or shard_id in self._creating:  # absent, or being deleted right now
                 raise ShardNotFoundError(f"shard {shard_id} does not exist on this server")
-            if shard.sealed and not force:
-                raise ShardSealedError(
-                    f"shard {shard_id} is sealed: its targets are complete and may be in use; deleting it needs force"
-                )
-            del self._shards[shard_id]
             done = self._creating[shard_id] = threading.Event()
         try:
-            info = shard.stats()
-            shard.retire()
+            info = shard.retire(force=force)  # sealed without force: refused here, nothing changed
             doomed = path.with_name(path.name + layout.DELETING_SUFFIX)
+            shutil.rmtree(doomed, ignore_errors=True)  # what an earlier deletion could not remove
             try:
                 os.replace(path, doomed)
-                layout.fsync_dir(path.parent)
             except OSError:  # nothing is gone: open the shard again
+                reopened = self._shard(shard_id, path)
                 with self._lock:
-                    self._shards[shard_id] = self._shard(shard_id, path)
+                    self._shards[shard_id] = reopened
                 raise
-            shutil.rmtree(doomed, ignore_errors=True)  # a leftover is cleared at the next start
+            with self._lock:
+                del self._shards[shard_id]
+            try:
+                layout.fsync_dir(path.parent)
+                shutil.rmtree(doomed)
+            except OSError as exc:  # the shard is gone from this server; the next start clears the rest
+                log.warning("shard %d: removing %s: %s (the next start removes it)", shard_id, doomed, exc)
         finally:
             with self._lock:
                 del self._creating[shard_id]
             done.set()
         log.info("shard %d deleted (%d sequences%s)", shard_id, info.sequences, ", sealed" if info.sealed else "")
         return info
+
+    def infos(self) -> list[ShardInfo]:
+        """:meth:`Shard.stats` of every shard, by number (one deleted meanwhile is left out)."""
+        found = []
+        for shard in self.shards():
+            try:
+                found.append(shard.stats())
+            except ShardNotFoundError:
+                continue
+        return found
 
     def get(self, shard_id: int) -> Shard:
         """The shard (possibly damaged: see :attr:`Shard.damage`); ``ShardNotFoundError`` if absent."""

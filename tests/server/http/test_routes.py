@@ -246,6 +246,9 @@ def test_corrupt_records_are_500_and_counted(tmp_path: Path) -> None:
             assert answer.json()["detail"].startswith("DATA_LOSS: seq 1 of shard 0")
             assert http.get("/v1/shards/0/sequences/2").status_code == 200  # still serving
             assert _metric(http.get("/metrics").text, 'logitcache_errors_total{code="DATA_LOSS"}') == 1
+            overview = http.get("/v1/shards/0/stats").json()  # the overview leaves the record out, and says so
+            assert (overview["sampled_sequences"], overview["corrupt_sequences"]) == (2, 1)
+            assert overview["positions"] == 2 * SEQ_LEN
     finally:
         server.stop()
 

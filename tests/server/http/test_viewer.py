@@ -224,6 +224,12 @@ def test_first_run_page_says_how_to_fill_the_cache(browser: Any, tmp_path: Path)
                 client.write(0, make_records(1))
             expect(page.locator("#overview")).to_be_visible()
             expect(page.locator("#first-run")).to_be_hidden()
+            with server.client() as client:  # the only shard is deleted: the next navigation says how to fill it
+                client.delete_shard(0)
+            view.allowed_404.append("/v1/shards/0")
+            page.click("#tabs button[data-view='browse']")
+            expect(page.locator("#first-run")).to_be_visible()
+            assert page.locator("#browse").is_hidden()
             view.done()
     finally:
         server.stop()

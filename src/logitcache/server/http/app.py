@@ -51,13 +51,11 @@ HTTP_STATUS = {
 }
 
 
-def load_tokenizer(path: Path | None) -> Any:
-    """A Hugging Face ``tokenizers.Tokenizer`` from a ``tokenizer.json``, or None.
+def load_tokenizer(path: Path) -> Any:
+    """A Hugging Face ``tokenizers.Tokenizer`` from a ``tokenizer.json``.
 
     Raises ``ValueError`` naming the file when it is missing or does not load.
     """
-    if path is None:
-        return None
     require("tokenizers", extra="tokenizer", by="--tokenizer (token strings in the REST API and viewer)")
     from tokenizers import Tokenizer
 

@@ -102,7 +102,7 @@ def _choice(choice: TokenizerChoice) -> dict[str, Any]:
 
 @shards.get("", summary="All shards", response_model=list[schemas.ShardSummary])
 def list_shards(store: Annotated[Store, Depends(get_store)]) -> list[dict[str, Any]]:
-    return [shard.stats().to_dict() for shard in store.shards()]
+    return [info.to_dict() for info in store.infos()]
 
 
 @shards.get(
@@ -297,23 +297,25 @@ def shard_stats(
     found.require_intact()
     manifest = found.manifest
     assert manifest is not None  # an intact shard has one
-    acc = inspect.ShardSample.empty(
-        min(manifest.vocab_size, manifest.rounds if manifest.method == "sampled" else manifest.k)
-    )
-    seen = 0
+    acc = inspect.ShardSample.for_manifest(manifest)
+    seen = corrupt = 0
     for seq, _ in found.seqs_page(0, sample):
-        acc.add(*_record_sized(found, seq, stats))
+        try:
+            acc.add(*_record_sized(found, seq, stats))
+        except CorruptRecordError:  # one damaged record is left out (and counted), not the whole overview
+            corrupt += 1
+            continue
         seen += 1
-    histogram = acc.histogram.tolist()
-    mean_unique = float(np.dot(np.arange(len(histogram)), histogram) / acc.positions) if acc.positions else 0.0
+    means = acc.means()
     return {
         "shard": shard,
         "sampled_sequences": seen,
+        "corrupt_sequences": corrupt,
         "positions": acc.positions,
-        "unique_tokens_histogram": histogram,
-        "mean_unique_tokens": mean_unique,
-        "mean_entropy": acc.entropy_sum / acc.positions if acc.positions else 0.0,
-        "mean_label_prob": acc.label_prob_sum / acc.label_positions if acc.label_positions else 0.0,
+        "unique_tokens_histogram": acc.histogram.tolist(),
+        "mean_unique_tokens": means["mean_unique_tokens"],
+        "mean_entropy": means["mean_entropy"],
+        "mean_label_prob": means["mean_label_prob"],
         "max_entropy": acc.entropy_max,
         "entropy_histogram": _histogram(acc.entropy_edges, acc.entropy_counts, acc.entropy_sum, acc.positions),
         "residual_histogram": _histogram(acc.mass_edges, acc.residual_counts, acc.residual_sum, acc.positions),

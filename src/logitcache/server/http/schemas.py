@@ -176,6 +176,7 @@ class PositionDetail(BaseModel):
 class ShardStatsBody(BaseModel):
     shard: int
     sampled_sequences: int
+    corrupt_sequences: int = Field(description="seqs among the first `sample` left out: their record is corrupted")
     positions: int
     unique_tokens_histogram: list[int] = Field(description="positions by number of stored entries (index = count)")
     mean_unique_tokens: float

@@ -45,8 +45,7 @@ async function api(path) {
     const detail = body && body.detail;
     throw new ApiError(typeof detail === "string" ? detail : `${response.status} ${response.statusText}`, response.status);
   }
-  show(null);
-  return body;
+  return body;  // the error line is cleared by a new navigation (openShard, openSequence), not by any answer
 }
 
 function show(error) {
@@ -148,19 +147,28 @@ function firstRun() {
   $("overview").hidden = true;
   $("browse").hidden = true;
   const page = $("first-run");
-  const address = state.server.grpc_address || "HOST:PORT";
+  // a server listening on every interface names none of them: this page's host is one that reaches it
+  const address = (state.server.grpc_address || "HOST:PORT").replace(/^(0\.0\.0\.0|\[::\]|::)(?=:)/, location.hostname);
   const token = state.server.writes_need_token ? " --auth-token TOKEN" : "";
   $("teacher-command").textContent =
     `logitcache teacher --model path/to/hf-model --data corpus.bin --seq-len 1024 \\\n` +
     `    --server ${address} --shard 0${token}`;
   page.hidden = false;
-  setTimeout(() => poll().catch(show), POLL_MS);
+  setTimeout(poll, POLL_MS);
 }
 
+// On the first-run page: look for shards until one appears (a failed look is shown, and retried).
 async function poll() {
-  const shards = await api("/v1/shards");
-  if (shards.length) await start();
-  else setTimeout(() => poll().catch(show), POLL_MS);
+  try {
+    const shards = await api("/v1/shards");
+    if (shards.length) {
+      await start();
+      return;
+    }
+  } catch (error) {
+    show(error);
+  }
+  setTimeout(poll, POLL_MS);
 }
 
 // Put the screen in the state the address describes.
@@ -184,6 +192,7 @@ async function restore() {
 // the shard holds it (a switch of shards stays on the same seq), else at the shard's first seq.
 async function openShard(shard, { view, seq = null, pos = null, keep = null, push = true }) {
   const generation = ++state.generation;
+  show(null);
   state.shard = shard;
   state.view = view;
   state.seq = null;
@@ -193,11 +202,27 @@ async function openShard(shard, { view, seq = null, pos = null, keep = null, pus
   $("shard").value = shard;
   fillCompare();
   clearSequence();
-  const info = await api(`/v1/shards/${shard}`);
+  let info;
+  try {
+    info = await api(`/v1/shards/${shard}`);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 404 || generation !== state.generation) throw error;
+    await start();  // deleted meanwhile: list the shards again (the first-run page when none is left)
+    return;
+  }
   if (generation !== state.generation) return;
   state.info = info;
-  state.compareInfo = state.compare === null ? null : await api(`/v1/shards/${state.compare}`);
-  if (generation !== state.generation) return;
+  state.compareInfo = null;
+  if (state.compare !== null) {
+    try {
+      state.compareInfo = await api(`/v1/shards/${state.compare}`);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error;
+      state.compare = null;  // the shard to compare with was deleted: compare with none
+    }
+    if (generation !== state.generation) return;
+    fillCompare();
+  }
   describeShard(info);
   showView(view);
   if (info.damage) {
@@ -320,7 +345,8 @@ async function loadStats(generation) {
   const stats = await api(`/v1/shards/${state.shard}/stats?sample=${sample}`);
   if (generation !== state.generation) return;
   $("stats-caption").textContent =
-    `${fmt(stats.positions)} positions of the first ${fmt(stats.sampled_sequences)} seqs`;
+    `${fmt(stats.positions)} positions of the first ${fmt(stats.sampled_sequences)} seqs` +
+    (stats.corrupt_sequences ? ` (${fmt(stats.corrupt_sequences)} corrupted, left out)` : "");
   const unique = stats.unique_tokens_histogram;
   const uniqueEdges = unique.map((_, i) => i - 0.5).concat([unique.length - 0.5]);
   const nats = (x) => x.toFixed(2);
@@ -391,8 +417,9 @@ function clearPosition() {
 async function loadPage() {
   const shard = state.shard;
   const start = state.starts[state.starts.length - 1];
+  $("prev").disabled = $("next").disabled = true;  // until this page is in: a second click would page from a stale next
   const page = await api(`/v1/shards/${shard}/sequences?start=${start}&limit=${PAGE}`);
-  if (shard !== state.shard) return;
+  if (shard !== state.shard || start !== state.starts[state.starts.length - 1]) return;  // a newer page won
   state.next = page.next_start;
   $("seq-list").replaceChildren(...page.sequences.map((s) => {
     const item = el("li", `seq ${s.seq} · ${s.positions} pos`, "seq-item");
@@ -412,6 +439,7 @@ function entropyColour(entropy, top) {
 
 async function openSequence(seq, { pos = null, push = true } = {}) {
   const generation = ++state.generation;
+  show(null);
   const shard = state.shard;
   let body;
   try {
@@ -534,14 +562,16 @@ async function drawCompare(generation, seq, pos) {
   col.hidden = false;
   col.querySelector(".chart-title").textContent = `Shard ${other} · ${methodLabel(state.compareInfo.manifest)}`;
   const note = $("compare-info");
-  if (!state.compareSeq || state.compareSeq.seq !== seq) {
+  if (!state.compareSeq || state.compareSeq.seq !== seq || state.compareSeq.shard !== other) {
+    let cached;
     try {
-      state.compareSeq = { seq, body: await api(`/v1/shards/${other}/sequences/${seq}`) };
+      cached = { shard: other, seq, body: await api(`/v1/shards/${other}/sequences/${seq}`) };
     } catch (error) {
       if (!(error instanceof ApiError) || error.status !== 404) throw error;
-      state.compareSeq = { seq, error: error.message };
+      cached = { shard: other, seq, error: error.message };
     }
-    if (generation !== state.generation) return;
+    if (generation !== state.generation || other !== state.compare) return;  // a newer choice won
+    state.compareSeq = cached;
   }
   if (state.compareSeq.error) {
     col.querySelector(".pos-info").textContent = `Not in shard ${other}: ${state.compareSeq.error}`;
