@@ -9,7 +9,13 @@
    bytes (one range request). Each is timed ``--repeats`` times; the best run counts. With a GPU
    also into CUDA tensors: records decoded on the host then copied (pinned, side stream), and
    ``device_decode=True`` (packed bytes copied, decoded on the GPU by ``decode_torch``).
-3. Writer: ``CacheWriter.write`` on teacher logits ``[B, T, V]`` (CPU) against ``sample()`` alone on
+3. The in-memory ceiling: the loader's batch decoder (``decode_batch``: one compiled pass from the
+   records' bytes to the padded tensors) over the same records held in memory, against its
+   reference (``records.decode`` of each record, then padding in numpy), interleaved batch by
+   batch: CPU seconds per million positions (thread time), and ``ratio_loader_vs_ceiling`` (the
+   loader's positions/s over the ceiling's). ``loader_cpu_s_per_m_positions`` is the loader's
+   process time (the server's is not counted: it is another process).
+4. Writer: ``CacheWriter.write`` on teacher logits ``[B, T, V]`` (CPU) against ``sample()`` alone on
    the same logits, interleaved call by call. ``writer_overhead_vs_sampling`` is the median time of
    a ``write`` call on the caller's thread divided by the median time of sampling alone (medians:
    single calls on this 2-core machine stall now and then, either kind); ``_total`` is the ratio
@@ -40,6 +46,7 @@ from logitcache.targets.sparse import SparseTargets
 from logitcache.targets.synthetic import lm_like_logits
 from logitcache.testing import ServerProcess
 from logitcache.training import SparseKDLoader
+from logitcache.training.batch_decode import decode_batch, pad_decoded
 from logitcache.writer import CacheWriter
 
 
@@ -101,7 +108,15 @@ def main() -> None:
                 return time.perf_counter() - started
 
             raw_s = _best(args.repeats, raw)
-            load_s = _best(args.repeats, load)
+            load_cpu: list[float] = []
+
+            def load_timed() -> float:
+                before = time.process_time()  # this process only: the server's CPU is not the trainer's
+                seconds = load()
+                load_cpu.append(time.process_time() - before)
+                return seconds
+
+            load_s = _best(args.repeats, load_timed)
             cuda: dict[str, float] = {}
             if torch.cuda.is_available():
                 for name, device_decode in (("host_decode", False), ("device_decode", True)):
@@ -146,6 +161,24 @@ def main() -> None:
         finally:
             server.stop()
 
+    # the in-memory ceiling: the loader's batch decoder against its reference (records.decode, then
+    # padding in numpy), interleaved batch by batch over the same records, CPU seconds of this thread
+    blobs = [data for _, data in items]
+    batches = [blobs[i : i + args.batch_size] for i in range(0, len(blobs), args.batch_size)]
+    decode_batch(batches[0])  # compiled (or loaded from numba's cache) before timing
+    fast_cpu = reference_cpu = 0.0
+    for _ in range(args.repeats):
+        for batch_blobs in batches:
+            before = time.thread_time()
+            decode_batch(batch_blobs)
+            middle = time.thread_time()
+            pad_decoded([records.decode(blob) for blob in batch_blobs])
+            fast_cpu += middle - before
+            reference_cpu += time.thread_time() - middle
+    per_m = 1e6 / (positions * args.repeats)
+    ceiling_cpu = fast_cpu * per_m
+    loader_cpu = min(load_cpu) * 1e6 / positions
+
     result = {
         "records": args.records,
         "seq_len": args.seq_len,
@@ -156,6 +189,12 @@ def main() -> None:
         "raw_stream_positions_per_s": round(positions / raw_s),
         "loader_positions_per_s": round(positions / load_s),
         "ratio_loader_vs_raw": round(raw_s / load_s, 3),
+        "loader_cpu_s_per_m_positions": round(loader_cpu, 3),
+        "ceiling_positions_per_s": round(1e6 / ceiling_cpu),
+        "ceiling_cpu_s_per_m_positions": round(ceiling_cpu, 3),
+        "reference_decode_cpu_s_per_m_positions": round(reference_cpu * per_m, 3),
+        "ratio_batch_decode_vs_reference": round(reference_cpu / fast_cpu, 2),
+        "ratio_loader_vs_ceiling": round((positions / load_s) / (1e6 / ceiling_cpu), 3),
         "writer_positions_per_s": round(writer_stats.positions_acked / writer_s),
         "writer_bytes_per_position": round(writer_stats.bytes_per_position, 2),
         "sampling_positions_per_s": round(args.writer_calls * b * t / sampling_s),

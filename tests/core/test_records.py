@@ -36,6 +36,7 @@ from logitcache.core.records import (
 from logitcache.targets.sampling import sample_random, sample_topk
 from logitcache.targets.sparse import SparseTargets, decode_torch
 from logitcache.targets.synthetic import lm_like_logits
+from logitcache.training.batch_decode import decode_batch
 
 VOCAB_SIZES = (50257, 128256, 151936, 262144)
 
@@ -66,6 +67,15 @@ def _assert_same(decoded: records.Record, input_ids: torch.Tensor, targets: Spar
             np.testing.assert_array_equal(decoded.weights, targets.weights.numpy())
 
 
+def _good_small() -> bytes:
+    gen = torch.Generator().manual_seed(11)
+    targets = sample_random(lm_like_logits(6, 50257, generator=gen), 20, generator=gen)
+    return records.encode(torch.randint(0, 50257, (6,), generator=gen), targets)
+
+
+_GOOD_SMALL = _good_small()
+
+
 def reseal(data: bytes | bytearray) -> bytes:
     """Recompute the checksum after an edit, as the documented layout defines it."""
     buf = bytearray(data)
@@ -89,11 +99,15 @@ def _edit_entry(data: bytes, index: int, token_id: int | None = None, value: int
     return reseal(buf)
 
 
-def _both_decoders_raise(data: bytes, error: type[RecordError], match: str | None = None) -> None:
+def _every_decoder_raises(data: bytes, error: type[RecordError], match: str | None = None) -> None:
+    """``records.decode``, ``decode_torch`` and the loader's batch decoder (alone and beside a good record)."""
     with pytest.raises(error, match=match):
         records.decode(data)
     with pytest.raises(error, match=match):
         decode_torch(data)
+    for batch in ([data], [_GOOD_SMALL, data]):
+        with pytest.raises(error, match=match):
+            decode_batch(batch)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -260,20 +274,20 @@ def good() -> bytes:
 
 
 def test_truncated(good: bytes) -> None:
-    _both_decoders_raise(good[:-1], TruncatedRecordError, "body: header says")
-    _both_decoders_raise(good[:20], TruncatedRecordError, "header: expected at least 56 bytes, got 20")
+    _every_decoder_raises(good[:-1], TruncatedRecordError, "body: header says")
+    _every_decoder_raises(good[:20], TruncatedRecordError, "header: expected at least 56 bytes, got 20")
 
 
 def test_trailing_bytes(good: bytes) -> None:
-    _both_decoders_raise(good + b"\x00", TrailingBytesError, r"1 extra")
+    _every_decoder_raises(good + b"\x00", TrailingBytesError, r"1 extra")
 
 
 def test_bad_magic(good: bytes) -> None:
-    _both_decoders_raise(b"XXXX" + good[4:], BadMagicError, "magic: expected b'LGCR'")
+    _every_decoder_raises(b"XXXX" + good[4:], BadMagicError, "magic: expected b'LGCR'")
 
 
 def test_unknown_version(good: bytes) -> None:
-    _both_decoders_raise(
+    _every_decoder_raises(
         good[:4] + struct.pack("<H", 2) + good[6:], UnsupportedVersionError, "version: expected 1, got 2"
     )
 
@@ -281,7 +295,7 @@ def test_unknown_version(good: bytes) -> None:
 def test_checksum_mismatch(good: bytes) -> None:
     corrupt = bytearray(good)
     corrupt[-1] ^= 0x40
-    _both_decoders_raise(bytes(corrupt), ChecksumError, "checksum")
+    _every_decoder_raises(bytes(corrupt), ChecksumError, "checksum")
 
 
 @pytest.mark.parametrize(
@@ -302,26 +316,26 @@ def test_checksum_mismatch(good: bytes) -> None:
 def test_inconsistent_header_fields(good: bytes, offset: int, fmt: str, value: float, field: str) -> None:
     buf = bytearray(good)
     struct.pack_into(fmt, buf, offset, value)
-    _both_decoders_raise(reseal(buf), HeaderFieldError, f"^{field}: ")
+    _every_decoder_raises(reseal(buf), HeaderFieldError, f"^{field}: ")
 
 
 def test_counts_not_summing_to_n(good: bytes) -> None:
     h = records.read_header(good)
     decoded = records.decode(good)
-    _both_decoders_raise(_edit_entry(good, 0, value=int(decoded.values[0]) + 1), CountSumError, "summing to N = 20")
-    _both_decoders_raise(_edit_entry(good, 0, value=0), CountSumError, "counts in 1..20")
+    _every_decoder_raises(_edit_entry(good, 0, value=int(decoded.values[0]) + 1), CountSumError, "summing to N = 20")
+    _every_decoder_raises(_edit_entry(good, 0, value=0), CountSumError, "counts in 1..20")
     assert h.rounds == 20
 
 
 def test_token_id_out_of_range(good: bytes) -> None:
     # 50257 needs 16 bits, so ids up to 65535 are representable but invalid
-    _both_decoders_raise(_edit_entry(good, 3, token_id=60000), TokenIdError, "vocab_size 50257")
+    _every_decoder_raises(_edit_entry(good, 3, token_id=60000), TokenIdError, "vocab_size 50257")
 
 
 def test_input_id_out_of_range(good: bytes) -> None:
     buf = bytearray(good)
     struct.pack_into("<H", buf, HEADER_SIZE, 65000)
-    _both_decoders_raise(reseal(buf), TokenIdError, "^input_ids: ")
+    _every_decoder_raises(reseal(buf), TokenIdError, "^input_ids: ")
 
 
 def test_entry_counts_inconsistent(good: bytes) -> None:
@@ -329,35 +343,35 @@ def test_entry_counts_inconsistent(good: bytes) -> None:
     buf = bytearray(good)
     counts_at = HEADER_SIZE + h.section_sizes()[0]
     buf[counts_at] += 1  # one more entry at position 0 than E allows
-    _both_decoders_raise(reseal(buf), EntryCountError, "sum of num_entries")
+    _every_decoder_raises(reseal(buf), EntryCountError, "sum of num_entries")
     buf[counts_at] = 0
-    _both_decoders_raise(reseal(buf), EntryCountError, "entries at every position")
+    _every_decoder_raises(reseal(buf), EntryCountError, "entries at every position")
 
 
 def test_entries_out_of_order(good: bytes) -> None:
     decoded = records.decode(good)
     assert decoded.offsets[1] >= 2, "position 0 needs two entries for this test"
-    _both_decoders_raise(_edit_entry(good, 1, token_id=int(decoded.token_ids[0])), EntryOrderError, "ascending")
+    _every_decoder_raises(_edit_entry(good, 1, token_id=int(decoded.token_ids[0])), EntryOrderError, "ascending")
 
 
 def test_topk_duplicate_ids() -> None:
     targets = sample_topk(lm_like_logits(4, 300, generator=torch.Generator().manual_seed(0)), 5)
     data = records.encode(_input_ids(targets), targets)
     first = int(records.decode(data).token_ids[0])
-    _both_decoders_raise(_edit_entry(data, 1, token_id=first), EntryOrderError, "unique")
+    _every_decoder_raises(_edit_entry(data, 1, token_id=first), EntryOrderError, "unique")
 
 
 def test_bad_weights() -> None:
     targets = _sampled(5000, positions=4, temperature=0.8)
     data = bytearray(records.encode(_input_ids(targets), targets))
     struct.pack_into("<f", data, len(data) - 4, float("nan"))
-    _both_decoders_raise(reseal(data), WeightError, "weights")
+    _every_decoder_raises(reseal(data), WeightError, "weights")
 
 
 def test_input_hash_mismatch(good: bytes) -> None:
     buf = bytearray(good)
     struct.pack_into("<Q", buf, 40, 12345)
-    _both_decoders_raise(reseal(buf), InputHashError, "input_hash")
+    _every_decoder_raises(reseal(buf), InputHashError, "input_hash")
 
 
 def test_dense_body_that_does_not_decompress() -> None:
@@ -506,13 +520,13 @@ def test_dense_frame_declaring_a_huge_size_is_refused_without_allocating() -> No
     record = records.encode(torch.zeros(4, dtype=torch.int64), targets, dense=True)
     # a zstd frame header that declares 2**40 bytes of content (frame header only, no blocks)
     forged = struct.pack("<I", 0xFD2FB528) + b"\xe0" + struct.pack("<Q", 1 << 40) + b"\x00" * 16
-    _both_decoders_raise(_with_body(record, forged), BodyError, "zstd frame")
+    _every_decoder_raises(_with_body(record, forged), BodyError, "zstd frame")
 
 
 def test_dense_body_with_trailing_data_is_refused() -> None:
     targets = _sampled(300, positions=4, rounds=20)
     record = records.encode(torch.zeros(4, dtype=torch.int64), targets, dense=True)
-    _both_decoders_raise(_with_body(record, record[HEADER_SIZE:] + b"junk"), BodyError, "exactly one")
+    _every_decoder_raises(_with_body(record, record[HEADER_SIZE:] + b"junk"), BodyError, "exactly one")
 
 
 def test_highly_compressible_dense_records_decode() -> None:
@@ -529,7 +543,7 @@ def test_topk_levels_beyond_value_bits_are_refused() -> None:
     data = bytearray(records.encode(torch.zeros(2, dtype=torch.int64), targets))
     assert records.read_header(bytes(data)).value_bits == 16
     data[25] = 9  # 16 + 9 bits still fit the 4-byte entries, but stored levels need 16
-    _both_decoders_raise(reseal(data), HeaderFieldError, "levels below")
+    _every_decoder_raises(reseal(data), HeaderFieldError, "levels below")
 
 
 def test_weights_travel_whatever_the_temperature_rounds_to() -> None:

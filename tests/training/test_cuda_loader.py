@@ -14,6 +14,7 @@ from logitcache.core.manifest import ShardManifest
 from logitcache.targets.sampling import sample_random
 from logitcache.targets.synthetic import lm_like_logits
 from logitcache.training import SparseKDLoader
+from logitcache.training.batch_decode import decode_batch
 from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, VOCAB, make_records, running_server
 
 pytestmark = pytest.mark.cuda
@@ -61,3 +62,8 @@ def test_cuda_batches_equal_the_host_batches(tmp_path: Path, device_decode: bool
                 torch.testing.assert_close(tensors[name].cpu(), tensor, rtol=1e-6, atol=1e-7, msg=name)
             else:
                 assert torch.equal(tensors[name].cpu(), tensor), name
+
+
+def test_the_batch_decoder_fills_pinned_tensors() -> None:
+    tensors, _ = decode_batch([make_records(1)[0][1]], pin=True)
+    assert all(t.is_pinned() for t in tensors.values())

@@ -78,6 +78,7 @@ from logitcache.client.grpc_client import CacheClient
 from logitcache.core import records
 from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.targets.sparse import decode_torch
+from logitcache.training.batch_decode import decode_batch
 
 __all__ = [
     "AlignmentError",
@@ -479,38 +480,11 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         return self._batch(index, keys, [h.input_hash for h in headers], tensors)
 
     def _assemble(self, index: int, keys: list[tuple[int, int]], blobs: list[bytes]) -> SparseKDBatch:
-        decoded = [records.decode(blob) for blob in blobs]
-        b = len(decoded)
-        lengths = np.array([r.header.num_positions for r in decoded], dtype=np.int64)
-        t = int(lengths.max())
-        counts = np.zeros((b, t), dtype=np.int64)
-        for row, r in enumerate(decoded):
-            counts[row, : lengths[row]] = np.diff(r.offsets)
-        k = int(counts.max())
-        pin = self.pin_memory
-        input_ids = _empty((b, t), torch.int64, pin)
-        labels = _empty((b, t), torch.int64, pin)
-        target_ids = _empty((b, t, k), torch.int64, pin)
-        target_probs = _empty((b, t, k), torch.float32, pin)
-        mask = _empty((b, t), torch.bool, pin)
-        ids_np, labels_np, mask_np = input_ids.numpy(), labels.numpy(), mask.numpy()
-        ids_np.fill(0)
-        labels_np.fill(self.ignore_index)
-        mask_np[:] = np.arange(t)[None, :] < lengths[:, None]
-        for row, r in enumerate(decoded):
-            n = lengths[row]
-            ids_np[row, :n] = r.input_ids
-            labels_np[row, : n - 1] = r.input_ids[1:]
-        filled = np.arange(k)[None, None, :] < counts[:, :, None]  # ragged entries, row-major = record order
-        tid = target_ids.numpy()
-        tid.fill(-1)
-        tid[filled] = np.concatenate([r.token_ids for r in decoded])
-        tp = target_probs.numpy()
-        tp.fill(0)
-        tp[filled] = np.concatenate([r.target_probs(normalize=self.normalize) for r in decoded])
-        tensors = {"input_ids": input_ids, "labels": labels, "target_ids": target_ids}
-        tensors |= {"target_probs": target_probs, "attention_mask": mask}
-        return self._batch(index, keys, [r.header.input_hash for r in decoded], tensors)
+        """The batch from its records' bytes, decoded and padded on the host in one pass (:mod:`.batch_decode`)."""
+        tensors, hashes = decode_batch(
+            blobs, normalize=self.normalize, ignore_index=self.ignore_index, pin=self.pin_memory
+        )
+        return self._batch(index, keys, hashes, tensors)
 
 
 def _checked_manifests(
@@ -555,10 +529,6 @@ def _refuse_duplicates(manifests: dict[int, ShardManifest], seqs: dict[int, npt.
                         f"shards {a} and {b} both hold seq {int(both[0])} of corpus {corpus} ({both.size} seqs in "
                         "all): their targets would be trained on twice; pass allow_duplicates=True if that is meant"
                     )
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
-    return torch.empty(shape, dtype=dtype, pin_memory=pin)
 
 
 class _Prefetcher:

@@ -1,0 +1,151 @@
+"""A batch of packed records straight into the loader's padded tensors, in one compiled pass.
+
+:func:`decode_batch` is what :class:`~logitcache.training.SparseKDLoader` runs for every batch on
+the host. For each record it checks the header, the length and the checksum
+(:func:`records.read_header <logitcache.core.records.read_header>`, C speed), then one numba
+kernel walks the fixed-width sections of all the batch's records and writes each entry into its
+slot of ``target_ids [B, T, K]`` / ``target_probs [B, T, K]`` (and the input ids, labels and mask),
+checking the content as it goes exactly as :func:`records.decode
+<logitcache.core.records.decode>` does: entry counts in ``1..N`` (or ``k``) summing to ``E``,
+token ids ``< V``, sampled counts in ``1..N`` summing to ``N`` with ids strictly ascending, top-k
+levels below ``2**value_bits`` with ids unique, weights finite and ``>= 0``; then the input-id
+hash. No ragged intermediate arrays, no per-position Python.
+
+When the kernel finds a record it refuses, that record goes through :func:`records.decode`,
+which raises the precise :class:`~logitcache.core.records.RecordError` (so there is one set of
+messages). Records in the DENSE layout (zstd) are decoded by :func:`records.decode` and placed
+by the reference below: correct, and as slow as before.
+
+:func:`pad_decoded` is the plain reference (``records.decode`` of each record, then padding in
+numpy): the tests pin :func:`decode_batch` to it over every record kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from logitcache.core import records
+from logitcache.training import batch_kernels as _typed_kernels
+
+__all__ = ["decode_batch", "pad_decoded"]
+
+batch_kernels: Any = _typed_kernels  # numba's Dispatcher stubs do not know the kernels' arguments
+
+
+def decode_batch(
+    blobs: Sequence[bytes], *, normalize: bool = True, ignore_index: int = -100, pin: bool = False
+) -> tuple[dict[str, Tensor], list[int]]:
+    """``(tensors, input_hashes)`` for the records ``blobs`` (one row each, in order).
+
+    ``tensors``: ``input_ids [B, T]`` int64 (0 past a record's end), ``labels [B, T]`` (the next
+    input id, ``ignore_index`` at a record's last position and past it), ``attention_mask [B, T]``
+    bool, ``target_ids [B, T, K]`` int64 (-1 in unused slots), ``target_probs [B, T, K]`` float32
+    (0 in unused slots); ``T`` is the longest record, ``K`` the most entries at any position.
+    ``normalize`` as in :meth:`Record.target_probs <logitcache.core.records.Record.target_probs>`.
+    ``pin``: page-locked CPU tensors. Raises :class:`~logitcache.core.records.RecordError` for a
+    damaged record.
+    """
+    headers = [records.read_header(blob) for blob in blobs]  # length, header fields and checksum
+    b = len(blobs)
+    fast = [row for row, h in enumerate(headers) if not h.dense]
+    dense = {row: records.decode(blobs[row]) for row, h in enumerate(headers) if h.dense}
+    table = np.zeros((b, batch_kernels.COLUMNS), dtype=np.int64)
+    weights: list[np.ndarray] = []  # the WEIGHTED records' float32 weights, back to back
+    at = weights_at = 0
+    for row in fast:
+        h = headers[row]
+        ids_size, counts_size, entries_size, _ = h.section_sizes()
+        table[row] = (
+            at + records.HEADER_SIZE,
+            h.num_positions,
+            h.num_entries,
+            h.input_id_bytes,
+            h.count_bytes,
+            h.entry_bytes,
+            h.id_bits,
+            h.value_bits,
+            h.kind == "topk",
+            h.rounds,
+            h.max_entries_per_position,
+            h.vocab_size,
+            weights_at if h.weighted else -1,
+        )
+        if h.weighted:
+            offset = records.HEADER_SIZE + ids_size + counts_size + entries_size
+            weights.append(np.frombuffer(blobs[row], dtype="<f4", count=h.num_entries, offset=offset))
+            weights_at += h.num_entries
+        at += len(blobs[row])
+    buffer = np.frombuffer(b"".join(blobs[row] for row in fast), dtype=np.uint8)
+    lengths = [h.num_positions for h in headers]
+    t = max(lengths)
+    k = max(
+        [batch_kernels.max_count(buffer, table[fast]) if fast else 1]
+        + [int(np.diff(r.offsets).max()) for r in dense.values()]
+    )
+    tensors = {
+        "input_ids": _empty((b, t), torch.int64, pin),
+        "labels": _empty((b, t), torch.int64, pin),
+        "target_ids": _empty((b, t, k), torch.int64, pin),
+        "target_probs": _empty((b, t, k), torch.float32, pin),
+        "attention_mask": _empty((b, t), torch.bool, pin),
+    }
+    arrays = [tensors[name].numpy() for name in ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")]
+    all_weights = np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, dtype=np.float32)
+    rows = np.array(fast, dtype=np.int64)
+    bad = int(batch_kernels.decode_rows(buffer, all_weights, table, rows, *arrays, ignore_index, normalize))
+    if bad >= 0:
+        records.decode(blobs[bad])  # raises the record's error
+        raise AssertionError(f"the batch decoder refused record {bad}, which records.decode accepts")
+    for row, record in dense.items():
+        _place(record, row, arrays, ignore_index, normalize)
+    for row in fast:  # the alignment fingerprint
+        records.check_input_hash(headers[row], arrays[0][row, : lengths[row]])
+    return tensors, [h.input_hash for h in headers]
+
+
+def pad_decoded(
+    decoded: Sequence[records.Record], *, normalize: bool = True, ignore_index: int = -100, pin: bool = False
+) -> dict[str, Tensor]:
+    """The reference for :func:`decode_batch`: decoded records padded into the same tensors, in numpy."""
+    b = len(decoded)
+    lengths = np.array([r.header.num_positions for r in decoded], dtype=np.int64)
+    t = int(lengths.max())
+    k = max(int(np.diff(r.offsets).max()) for r in decoded)
+    tensors = {
+        "input_ids": _empty((b, t), torch.int64, pin),
+        "labels": _empty((b, t), torch.int64, pin),
+        "target_ids": _empty((b, t, k), torch.int64, pin),
+        "target_probs": _empty((b, t, k), torch.float32, pin),
+        "attention_mask": _empty((b, t), torch.bool, pin),
+    }
+    arrays = [tensors[name].numpy() for name in ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")]
+    for row, record in enumerate(decoded):
+        _place(record, row, arrays, ignore_index, normalize)
+    return tensors
+
+
+def _place(record: records.Record, row: int, arrays: list[np.ndarray], ignore_index: int, normalize: bool) -> None:
+    """Row ``row`` of the padded arrays from one decoded record (numpy)."""
+    input_ids, labels, mask, target_ids, target_probs = arrays
+    n = record.header.num_positions
+    input_ids[row] = 0
+    input_ids[row, :n] = record.input_ids
+    labels[row] = ignore_index
+    labels[row, : n - 1] = record.input_ids[1:]
+    mask[row] = False
+    mask[row, :n] = True
+    counts = np.diff(record.offsets)
+    filled = np.arange(target_ids.shape[2])[None, :] < counts[:, None]  # [n, K]: row-major = record order
+    target_ids[row] = -1
+    target_ids[row, :n][filled] = record.token_ids
+    target_probs[row] = 0
+    target_probs[row, :n][filled] = record.target_probs(normalize=normalize)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=pin)
