@@ -87,14 +87,7 @@ def decode_batch(
         [batch_kernels.max_count(buffer, table[fast]) if fast else 1]
         + [int(np.diff(r.offsets).max()) for r in dense.values()]
     )
-    tensors = {
-        "input_ids": _empty((b, t), torch.int64, pin),
-        "labels": _empty((b, t), torch.int64, pin),
-        "target_ids": _empty((b, t, k), torch.int64, pin),
-        "target_probs": _empty((b, t, k), torch.float32, pin),
-        "attention_mask": _empty((b, t), torch.bool, pin),
-    }
-    arrays = [tensors[name].numpy() for name in ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")]
+    tensors, arrays = _allocate(b, t, k, pin)
     all_weights = np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, dtype=np.float32)
     rows = np.array(fast, dtype=np.int64)
     bad = int(batch_kernels.decode_rows(buffer, all_weights, table, rows, *arrays, ignore_index, normalize))
@@ -116,14 +109,7 @@ def pad_decoded(
     lengths = np.array([r.header.num_positions for r in decoded], dtype=np.int64)
     t = int(lengths.max())
     k = max(int(np.diff(r.offsets).max()) for r in decoded)
-    tensors = {
-        "input_ids": _empty((b, t), torch.int64, pin),
-        "labels": _empty((b, t), torch.int64, pin),
-        "target_ids": _empty((b, t, k), torch.int64, pin),
-        "target_probs": _empty((b, t, k), torch.float32, pin),
-        "attention_mask": _empty((b, t), torch.bool, pin),
-    }
-    arrays = [tensors[name].numpy() for name in ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")]
+    tensors, arrays = _allocate(b, t, k, pin)
     for row, record in enumerate(decoded):
         _place(record, row, arrays, ignore_index, normalize)
     return tensors
@@ -147,5 +133,14 @@ def _place(record: records.Record, row: int, arrays: list[np.ndarray], ignore_in
     target_probs[row, :n][filled] = record.target_probs(normalize=normalize)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
-    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+def _allocate(b: int, t: int, k: int, pin: bool) -> tuple[dict[str, Tensor], list[np.ndarray]]:
+    """The batch's tensors (uninitialised) and their numpy views: input ids, labels, mask, target ids, probs."""
+    tensors = {
+        "input_ids": torch.empty((b, t), dtype=torch.int64, pin_memory=pin),
+        "labels": torch.empty((b, t), dtype=torch.int64, pin_memory=pin),
+        "target_ids": torch.empty((b, t, k), dtype=torch.int64, pin_memory=pin),
+        "target_probs": torch.empty((b, t, k), dtype=torch.float32, pin_memory=pin),
+        "attention_mask": torch.empty((b, t), dtype=torch.bool, pin_memory=pin),
+    }
+    order = ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")
+    return tensors, [tensors[name].numpy() for name in order]
