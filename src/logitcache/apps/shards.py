@@ -23,7 +23,7 @@ import grpc
 
 from logitcache.client import CacheClient, CacheError, NotFoundError, UnavailableError
 from logitcache.core import records
-from logitcache.core.manifest import ShardInfo, missing_seqs
+from logitcache.core.manifest import ShardInfo
 from logitcache.server.inspect import ShardSample
 
 __all__ = ["run"]
@@ -100,7 +100,7 @@ def _info(client: CacheClient, args: argparse.Namespace) -> int:
     if info is None:
         where = ", ".join(client.addresses)
         raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"shard {args.shard} does not exist on {where}")
-    completeness = _completeness(client, info)
+    completeness = info.completeness(lambda: client.seq_runs(info.shard), MAX_RANGES)
     sample = _sample(client, info, args.sample)
     if args.json:
         print(json.dumps({**info.to_dict(), **completeness, "sample": sample}))
@@ -155,15 +155,6 @@ def _sample(client: CacheClient, info: ShardInfo, count: int) -> dict[str, Any] 
         acc.add(records.decode(data), len(data))
         seen += 1
     return {"sequences": seen, "max_entropy": acc.entropy_max, **acc.means()}
-
-
-def _completeness(client: CacheClient, info: ShardInfo) -> dict[str, Any]:
-    """``missing`` (count), ``gaps`` (the first ranges) and ``complete`` (sealed, none missing); None when damaged."""
-    if info.damage is not None:
-        return {"missing": None, "gaps": None, "complete": None}
-    run = info.manifest.run if info.manifest is not None else None
-    missing, gaps = missing_seqs(client.seq_runs(info.shard), run, MAX_RANGES)
-    return {"missing": missing, "gaps": gaps, "complete": info.sealed and missing == 0}
 
 
 def _seal(client: CacheClient, args: argparse.Namespace) -> int:

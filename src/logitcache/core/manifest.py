@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -238,6 +238,16 @@ class ShardInfo:
     @property
     def bytes_per_position(self) -> float:
         return round(self.record_bytes / self.positions, 3) if self.positions else 0.0
+
+    def completeness(self, runs: Callable[[], Iterable[tuple[int, int]]], limit: int) -> dict[str, Any]:
+        """``missing`` (count), ``gaps`` (its first ``limit`` ranges) and ``complete`` (sealed, none missing),
+        from ``runs()``, the stored seqs as ascending ``[start, end)`` runs (:func:`missing_seqs`); all None
+        for a damaged shard, whose seqs cannot be listed (``runs`` is not called)."""
+        if self.damage is not None:
+            return {"missing": None, "gaps": None, "complete": None}
+        run = self.manifest.run if self.manifest is not None else None  # with it, the seqs that belong here
+        missing, gaps = missing_seqs(runs(), run, limit)
+        return {"missing": missing, "gaps": gaps, "complete": self.sealed and missing == 0}
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (the manifest as a dict) and ``bytes_per_position``: what ``shards --json`` and REST show."""

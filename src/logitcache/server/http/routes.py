@@ -19,7 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from logitcache import __version__
 from logitcache.core import records
-from logitcache.core.manifest import missing_seqs
 from logitcache.server import inspect
 from logitcache.server.errors import CorruptRecordError
 from logitcache.server.http import schemas
@@ -115,18 +114,8 @@ def shard_detail(
 ) -> dict[str, Any]:
     stats = found.stats()
     tokenizer = _choice(choose_tokenizer(tokenizers, stats.manifest))
-    if stats.damage is not None:  # its seqs cannot be listed: completeness is unknown
-        return {**stats.to_dict(), "missing": None, "gaps": None, "complete": None, "tokenizer": tokenizer}
-    run = stats.manifest.run if stats.manifest is not None else None  # with it, the seqs that belong here
-    missing, gaps = missing_seqs(itertools.chain.from_iterable(found.seq_runs()), run, MAX_GAPS)
-    # complete: sealed (the writer says it is done) and nothing missing
-    return {
-        **stats.to_dict(),
-        "missing": missing,
-        "gaps": gaps,
-        "complete": stats.sealed and missing == 0,
-        "tokenizer": tokenizer,
-    }
+    completeness = stats.completeness(lambda: itertools.chain.from_iterable(found.seq_runs()), MAX_GAPS)
+    return {**stats.to_dict(), **completeness, "tokenizer": tokenizer}
 
 
 @admin.post(
