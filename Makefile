@@ -34,6 +34,8 @@ demo: $(STAMP)  ## a one-minute guided run: server, tiny teacher, cached targets
 	$(BIN)/logitcache demo
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'  # the loader benchmark's peers
+	$(BIN)/pip install --quiet --no-deps mosaicml-streaming==0.13.0
 	$(BIN)/python benchmarks/bench_records.py
 	$(BIN)/python benchmarks/bench_kd_loss.py
 	$(BIN)/python benchmarks/bench_server.py

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,43 @@ def test_read_response_bytes_are_what_protobuf_serializes(items: list[tuple[int,
     encoded = wire.read_response_bytes(items)
     assert encoded == reference
     assert [(r.seq, r.data) for r in pb.ReadResponse.FromString(encoded).records] == items
+    assert [(seq, bytes(data)) for seq, data in wire.read_response_records(encoded)] == items
+
+
+unknown_fields = st.lists(
+    st.sampled_from([b"\x18\x96\x01", b"\x22\x03abc", b"\x29" + bytes(8), b"\x35" + bytes(4)]), max_size=3
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records, unknown_fields, st.booleans())
+def test_read_response_records_parse_as_protobuf_does(
+    items: list[tuple[int, bytes]], unknown: list[bytes], data_first: bool
+) -> None:
+    """Fields in either order, unknown fields in records and around them (a newer server's), and
+    repeated scalars (the last wins) parse as ``ReadResponse.FromString`` parses them."""
+    parts = []
+    for seq, data in items:
+        seq_field = pb.Record(seq=seq).SerializeToString()
+        data_field = pb.Record(data=data).SerializeToString()
+        body = b"".join(unknown) + (data_field + seq_field if data_first else seq_field + data_field)
+        parts.append(b"".join(unknown) + b"\x0a")  # ReadResponse.records
+        parts.append(wire._varint(len(body)) + body)
+    message = b"".join(parts)
+    reference = [(r.seq, r.data) for r in pb.ReadResponse.FromString(message).records]
+    parsed = wire.read_response_records(message)
+    assert [(seq, bytes(data)) for seq, data in parsed] == reference == items
+    assert all(data.readonly for _, data in parsed)
+
+
+@pytest.mark.parametrize(
+    "message", [b"\x0a", b"\x0a\x05\x08\x01", b"\x0a\x03\x12\x05ab", b"\x0a\x02\x08\xff", b"\x0b", b"\xff" * 11]
+)
+def test_read_response_records_refuse_what_protobuf_refuses(message: bytes) -> None:
+    with pytest.raises(DecodeError):
+        pb.ReadResponse.FromString(message)
+    with pytest.raises(ValueError, match="ReadResponse"):
+        wire.read_response_records(message)
 
 
 def test_shard_info_round_trips_with_damage_and_without_a_manifest() -> None:

@@ -3,7 +3,9 @@
 :func:`read_response_bytes` encodes the bulk message, ``ReadResponse``, straight to its wire
 bytes: one copy of each record, made in the server's reading thread, instead of a copy into a
 message and another when gRPC serializes it on the event loop. It is pinned byte for byte to
-``ReadResponse.SerializeToString`` by the tests.
+``ReadResponse.SerializeToString`` by the tests. :func:`read_response_records` is the client's
+inverse: the records of a received message as views into it, with no copy and no protobuf
+objects (pinned to ``ReadResponse.FromString``, unknown fields and all).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "manifest_from_proto",
     "manifest_to_proto",
     "read_response_bytes",
+    "read_response_records",
     "shard_info_from_proto",
     "shard_info_to_proto",
     "stats_from_proto",
@@ -154,3 +157,65 @@ def read_response_bytes(records: list[tuple[int, bytes]]) -> bytes:
         head = (_SEQ_TAG + _varint(seq) if seq else b"") + (_DATA_TAG + _varint(len(data)) if data else b"")
         parts += (_RECORDS_TAG, _varint(len(head) + len(data)), head, data)
     return b"".join(parts)
+
+
+def _read_varint(view: memoryview, at: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < end and shift < 64:
+        byte = view[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value & (2**64 - 1), at
+        shift += 7
+    raise ValueError(f"ReadResponse: a varint is cut short or too long at byte {at}")
+
+
+def _skip_field(view: memoryview, tag: int, at: int, end: int) -> int:
+    """Past an unknown field's value (wire types 0, 1, 2 and 5; groups are not used by proto3)."""
+    kind = tag & 7
+    if kind == 0:
+        return _read_varint(view, at, end)[1]
+    if kind == 2:
+        size, at = _read_varint(view, at, end)
+        stop = at + size
+    elif kind in (1, 5):
+        stop = at + (8 if kind == 1 else 4)
+    else:
+        raise ValueError(f"ReadResponse: unexpected wire type {kind} (tag {tag}) at byte {at}")
+    if stop > end:
+        raise ValueError(f"ReadResponse: a field runs past its message at byte {at}")
+    return stop
+
+
+def read_response_records(message: bytes | memoryview) -> list[tuple[int, memoryview]]:
+    """``[(seq, data), ...]`` of a serialized ``ReadResponse``, ``data`` a read-only view into ``message``.
+
+    Raises ``ValueError`` for bytes that are not a valid ``ReadResponse``.
+    """
+    view = memoryview(message).toreadonly()
+    out: list[tuple[int, memoryview]] = []
+    at, end = 0, len(view)
+    while at < end:
+        tag, at = _read_varint(view, at, end)
+        if tag != 0x0A:  # not ReadResponse.records
+            at = _skip_field(view, tag, at, end)
+            continue
+        size, at = _read_varint(view, at, end)
+        stop = at + size
+        if stop > end:
+            raise ValueError(f"ReadResponse: a record runs past the message at byte {at}")
+        seq, data = 0, view[at:at]
+        while at < stop:
+            tag, at = _read_varint(view, at, stop)
+            if tag == 0x08:  # Record.seq
+                seq, at = _read_varint(view, at, stop)
+            elif tag == 0x12:  # Record.data
+                length, at = _read_varint(view, at, stop)
+                if at + length > stop:
+                    raise ValueError(f"ReadResponse: a record's data runs past the record at byte {at}")
+                data, at = view[at : at + length], at + length
+            else:
+                at = _skip_field(view, tag, at, stop)
+        out.append((seq, data))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import pytest
 
@@ -45,3 +47,39 @@ def test_each_code_has_its_exception(code: grpc.StatusCode, cls: type[errors.Cac
 def test_invalid_argument_is_a_value_error_and_not_found_a_key_error() -> None:
     assert issubclass(errors.InvalidArgumentError, ValueError)
     assert issubclass(errors.NotFoundError, KeyError)
+
+
+def test_a_read_response_that_does_not_parse_is_data_loss_and_not_retried() -> None:
+    """A real gRPC server (port 0) that answers ``Read`` with bytes that are not a ``ReadResponse``."""
+    from concurrent import futures
+
+    from logitcache.client import CacheClient
+    from logitcache.proto.v1 import cache_pb2 as pb
+
+    reads = []
+
+    def list_shards(request: bytes, context: grpc.ServicerContext) -> bytes:
+        response: bytes = pb.ListShardsResponse(shards=[pb.ShardInfo(shard=3)]).SerializeToString()
+        return response
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        reads.append(request)
+        yield b"\x0a\x05\x08\x01"  # a record that claims 5 bytes and has 2
+
+    handlers = {
+        "ListShards": grpc.unary_unary_rpc_method_handler(list_shards),
+        "Read": grpc.unary_stream_rpc_method_handler(read),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("logitcache.v1.LogitCache", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with (
+            CacheClient(f"127.0.0.1:{port}", retries=3) as client,
+            pytest.raises(errors.DataLossError, match="read: shard 3: ReadResponse: a record runs past"),
+        ):
+            list(client.read(3, seqs=[1]))
+        assert len(reads) == 1
+    finally:
+        server.stop(None)

@@ -196,6 +196,42 @@ def test_ranks_and_workers_partition_a_real_epoch(
     assert len(seen) == len(set(seen))
 
 
+def _mapping_of(tensor: torch.Tensor) -> str:
+    """The name of what backs ``tensor``'s memory in this process (/proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *_, name = line.split(maxsplit=5) if len(line.split()) > 5 else [*line.split(), ""]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            return name
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_worker_batches_come_in_reused_shared_memory_and_equal_the_in_process_ones(
+    served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
+) -> None:
+    """43 batches from one DataLoader worker, each dropped before the next: they arrive as views of a
+    few shared-memory segments the worker reuses (not one new segment each), with the same content
+    as the loader's own batches; batches the caller keeps are never overwritten."""
+    _, client, _ = served
+    loader = SparseKDLoader(client, [0, 5], batch_size=1, seed=3, prefetch=1)
+    direct = list(loader)
+    segments, kept = [], []
+    for i, batch in enumerate(DataLoader(loader, batch_size=None, num_workers=1)):
+        segments.append(_mapping_of(batch.target_ids))
+        for name in ("input_ids", "labels", "target_ids", "target_probs", "attention_mask"):
+            assert torch.equal(batch[name], direct[i][name]), (i, name)
+        if i % 10 == 0:
+            kept.append((i, batch))
+        del batch
+    assert len(segments) == len(direct) == 41
+    assert all("/dev/shm/" in name or "memfd:" in name for name in segments), set(segments)
+    assert len(set(segments)) <= 1 + 8 + len(kept) < len(segments)  # the pool: prefetch + 8 slabs
+    for i, batch in kept:
+        assert torch.equal(batch.target_ids, direct[i].target_ids), i
+
+
 def test_epochs_shuffle_differently_and_deterministically(
     served: tuple[ServerThread, CacheClient, dict[tuple[int, int], bytes]],
 ) -> None:

@@ -48,6 +48,7 @@ from logitcache import wire
 from logitcache.client.errors import (
     CacheError,
     CancelledError,
+    DataLossError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
@@ -114,6 +115,10 @@ class _Connection:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.LogitCacheStub(self.channel)
+        # Read's messages as received: parsed by wire.read_response_records, no protobuf objects
+        self.read_raw = self.channel.unary_stream(
+            "/logitcache.v1.LogitCache/Read", request_serializer=pb.ReadRequest.SerializeToString
+        )
 
 
 class CacheClient:
@@ -184,13 +189,16 @@ class CacheClient:
             self._connections = {}
 
     def _stub(self, address: str) -> pb_grpc.LogitCacheStub:
+        return self._connection(address).stub
+
+    def _connection(self, address: str) -> _Connection:
         with self._lock:
             if self._pid != os.getpid():  # a forked child must not touch its parent's channels
                 self._connections, self._pid = {}, os.getpid()
             connection = self._connections.get(address)
             if connection is None:
                 connection = self._connections[address] = _Connection(address, self._options, self._root_cert)
-            return connection.stub
+            return connection
 
     def _pause(self, exc: CacheError, attempt: int) -> None:
         """Wait before retry ``attempt`` (0-based): exponential backoff, or the server's pushback if longer."""
@@ -419,6 +427,21 @@ class CacheClient:
 
         A stream broken by a transient error resumes after the last record delivered.
         """
+        views = self.read_views(shard, seqs=seqs, ranges=ranges, window=window, max_message_bytes=max_message_bytes)
+        for seq, data in views:
+            yield seq, data.tobytes()
+
+    def read_views(
+        self,
+        shard: int,
+        *,
+        seqs: Iterable[int] | None = None,
+        ranges: Iterable[tuple[int, int]] | None = None,
+        window: tuple[int, int] | None = None,
+        max_message_bytes: int = 1 << 20,
+    ) -> Iterator[tuple[int, memoryview]]:
+        """:meth:`read`, each record a read-only ``memoryview`` into the message it came in, not a copy
+        (what the loader uses; a view keeps its whole message alive)."""
         all_seqs = [int(s) for s in (() if seqs is None else seqs)]
         all_ranges = [(int(a), int(b)) for a, b in (() if ranges is None else ranges)]
         if (seqs is not None or ranges is not None) and not all_seqs and not all_ranges:
@@ -430,7 +453,7 @@ class CacheClient:
         if len(all_seqs) > wire.MAX_READ_SEQS or len(all_ranges) > wire.MAX_READ_RANGES:  # split, in order
             step = wire.MAX_READ_RANGES if all_ranges else wire.MAX_READ_SEQS
             for at in range(0, max(len(all_seqs), len(all_ranges)), step):
-                yield from self.read(
+                yield from self.read_views(
                     shard,
                     seqs=all_seqs[at : at + wire.MAX_READ_SEQS] if all_seqs else None,
                     ranges=all_ranges[at : at + wire.MAX_READ_RANGES] if all_ranges else None,
@@ -447,12 +470,16 @@ class CacheClient:
             delivered = 0
             try:
                 try:
-                    stream = self._stub(address).Read(request, metadata=self._metadata, timeout=self.stream_timeout)
-                    for response in stream:
-                        for record in response.records:
-                            yield record.seq, record.data
+                    read = self._connection(address).read_raw
+                    for message in read(request, metadata=self._metadata, timeout=self.stream_timeout):
+                        try:
+                            received = wire.read_response_records(message)
+                        except ValueError as exc:
+                            raise DataLossError(grpc.StatusCode.DATA_LOSS, f"read: shard {shard}: {exc}") from None
+                        for seq, data in received:
+                            yield seq, data
                             delivered += 1
-                            last = record.seq
+                            last = seq
                     return
                 except grpc.RpcError as exc:
                     raise from_rpc_error(exc) from None

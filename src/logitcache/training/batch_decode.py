@@ -22,6 +22,7 @@ numpy): the tests pin :func:`decode_batch` to it over every record kind.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from logitcache.core import records
 from logitcache.training import batch_kernels as _typed_kernels
+from logitcache.training.batch_memory import BufferPool, SharedSlabPool
 
 __all__ = ["decode_batch", "pad_decoded"]
 
@@ -38,7 +40,12 @@ batch_kernels: Any = _typed_kernels  # numba's Dispatcher stubs do not know the 
 
 
 def decode_batch(
-    blobs: Sequence[bytes], *, normalize: bool = True, ignore_index: int = -100, pin: bool = False
+    blobs: Sequence[bytes | memoryview],
+    *,
+    normalize: bool = True,
+    ignore_index: int = -100,
+    pin: bool = False,
+    pool: BufferPool | SharedSlabPool | None = None,
 ) -> tuple[dict[str, Tensor], list[int]]:
     """``(tensors, input_hashes)`` for the records ``blobs`` (one row each, in order).
 
@@ -47,7 +54,8 @@ def decode_batch(
     bool, ``target_ids [B, T, K]`` int64 (-1 in unused slots), ``target_probs [B, T, K]`` float32
     (0 in unused slots); ``T`` is the longest record, ``K`` the most entries at any position.
     ``normalize`` as in :meth:`Record.target_probs <logitcache.core.records.Record.target_probs>`.
-    ``pin``: page-locked CPU tensors. Raises :class:`~logitcache.core.records.RecordError` for a
+    ``pin``: page-locked CPU tensors; else ``pool``: CPU tensors in memory of earlier batches no longer
+    referred to (:mod:`.batch_memory`). Raises :class:`~logitcache.core.records.RecordError` for a
     damaged record.
     """
     headers = [records.read_header(blob) for blob in blobs]  # length, header fields and checksum
@@ -87,7 +95,7 @@ def decode_batch(
         [batch_kernels.max_count(buffer, table[fast]) if fast else 1]
         + [int(np.diff(r.offsets).max()) for r in dense.values()]
     )
-    tensors, arrays = _allocate(b, t, k, pin)
+    tensors, arrays = _allocate(b, t, k, pin=pin, pool=pool)
     all_weights = np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, dtype=np.float32)
     rows = np.array(fast, dtype=np.int64)
     bad = int(batch_kernels.decode_rows(buffer, all_weights, table, rows, *arrays, ignore_index, normalize))
@@ -109,7 +117,7 @@ def pad_decoded(
     lengths = np.array([r.header.num_positions for r in decoded], dtype=np.int64)
     t = int(lengths.max())
     k = max(int(np.diff(r.offsets).max()) for r in decoded)
-    tensors, arrays = _allocate(b, t, k, pin)
+    tensors, arrays = _allocate(b, t, k, pin=pin)
     for row, record in enumerate(decoded):
         _place(record, row, arrays, ignore_index, normalize)
     return tensors
@@ -133,14 +141,28 @@ def _place(record: records.Record, row: int, arrays: list[np.ndarray], ignore_in
     target_probs[row, :n][filled] = record.target_probs(normalize=normalize)
 
 
-def _allocate(b: int, t: int, k: int, pin: bool) -> tuple[dict[str, Tensor], list[np.ndarray]]:
+_LAYOUT = (  # the batch's tensors: name, dtype, whether [B, T, K] (else [B, T]); the 8-byte ones first
+    ("input_ids", torch.int64, False),
+    ("labels", torch.int64, False),
+    ("target_ids", torch.int64, True),
+    ("target_probs", torch.float32, True),
+    ("attention_mask", torch.bool, False),
+)
+
+
+def _allocate(
+    b: int, t: int, k: int, *, pin: bool, pool: BufferPool | SharedSlabPool | None = None
+) -> tuple[dict[str, Tensor], list[np.ndarray]]:
     """The batch's tensors (uninitialised) and their numpy views: input ids, labels, mask, target ids, probs."""
-    tensors = {
-        "input_ids": torch.empty((b, t), dtype=torch.int64, pin_memory=pin),
-        "labels": torch.empty((b, t), dtype=torch.int64, pin_memory=pin),
-        "target_ids": torch.empty((b, t, k), dtype=torch.int64, pin_memory=pin),
-        "target_probs": torch.empty((b, t, k), dtype=torch.float32, pin_memory=pin),
-        "attention_mask": torch.empty((b, t), dtype=torch.bool, pin_memory=pin),
-    }
+    shapes = {name: ((b, t, k) if wide else (b, t), dtype) for name, dtype, wide in _LAYOUT}
+    if pool is not None and not pin:  # views of one slab, 8-byte aligned (the 8-byte tensors first)
+        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in shapes.values()]
+        slab, at = pool.take(sum(sizes)), 0
+        tensors = {}
+        for (name, (shape, dtype)), size in zip(shapes.items(), sizes, strict=True):
+            view = slab[at : at + size].view(str(dtype).removeprefix("torch.")).reshape(shape)
+            tensors[name], at = torch.from_numpy(view), at + size
+    else:
+        tensors = {name: torch.empty(shape, dtype=dtype, pin_memory=pin) for name, (shape, dtype) in shapes.items()}
     order = ("input_ids", "labels", "attention_mask", "target_ids", "target_probs")
     return tensors, [tensors[name].numpy() for name in order]

@@ -44,15 +44,20 @@ multiple of 64 or 128) is fine: the extra ids get zero target mass.
 the exactly unbiased ones of a tempered proposal (pass ``KDParams(normalized_targets=False)`` to the
 loss); :mod:`logitcache.kd.loss` says what each costs. At temperature 1 the two are the same.
 
-**Prefetch.** A background thread reads ahead over gRPC (one ``Read`` per shard for the next
-``read_ahead`` batches), decodes, pads into (pinned) host tensors and, with ``device``, copies them
-to the device on a side stream; up to ``prefetch`` batches wait ready. With ``device_decode=True``
-the records' packed bytes go to ``device`` instead and are unpacked and padded there
-(:func:`~logitcache.targets.sparse.decode_torch`, also on the side stream): less host CPU and
-fewer bytes over PCIe (3 bytes an entry instead of 12), a few device syncs per record. It is off by
-default until ``benchmarks/bench_loader.py``'s CUDA figures show it faster; DataLoader workers
-always decode on the host. An exception in the thread
-is raised in the training loop.
+**Prefetch.** Two background threads overlap the work: one receives the records of the next
+``read_ahead`` batches over gRPC (one ``Read`` per shard; the records stay views into the received
+messages, never copied into ``bytes``), the other decodes a batch at a time straight into the padded
+tensors (:func:`~logitcache.training.batch_decode.decode_batch`, compiled, the GIL released) and,
+with ``device``, copies them to the device on a side stream; up to ``prefetch`` batches wait ready.
+Host batches reuse the memory of batches the caller has dropped (:mod:`.batch_memory`: fresh pages
+cost as much as decoding); CUDA ones are decoded into pinned memory. In a DataLoader worker the
+batches are built in shared-memory slabs that travel to the main process as handles and return to
+the worker when the main process drops them, so nothing is copied on the way. With
+``device_decode=True`` the records' packed bytes go to ``device`` instead and are unpacked and
+padded there (:func:`~logitcache.targets.sparse.decode_torch`, also on the side stream): less host
+CPU and fewer bytes over PCIe (3 bytes an entry instead of 12), a few device syncs per record. It
+is off by default until ``benchmarks/bench_loader.py``'s CUDA figures show it faster; DataLoader
+workers always decode on the host. An exception in either thread is raised in the training loop.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
@@ -79,6 +84,7 @@ from logitcache.core import records
 from logitcache.core.manifest import ShardInfo, ShardManifest
 from logitcache.targets.sparse import decode_torch
 from logitcache.training.batch_decode import decode_batch
+from logitcache.training.batch_memory import BufferPool, SharedSlabPool, rebuild_from_slab
 
 __all__ = [
     "AlignmentError",
@@ -146,13 +152,27 @@ class SparseKDBatch:
     def _tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
 
+    def _replace(self, tensors: dict[str, Tensor]) -> SparseKDBatch:
+        return SparseKDBatch(**{**self.to_dict(), **tensors})
+
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> SparseKDBatch:
-        moved = {name: t.to(device, non_blocking=non_blocking) for name, t in self._tensors().items()}
-        return SparseKDBatch(**{**self.__dict__, **moved})
+        return self._replace({name: t.to(device, non_blocking=non_blocking) for name, t in self._tensors().items()})
 
     def pin_memory(self) -> SparseKDBatch:
         """For ``DataLoader(pin_memory=True)``."""
-        return SparseKDBatch(**{**self.__dict__, **{n: t.pin_memory() for n, t in self._tensors().items()}})
+        return self._replace({name: t.pin_memory() for name, t in self._tensors().items()})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A batch a DataLoader worker built in a shared slab (:mod:`.batch_memory`) pickles as the
+        slab's handle and its tensors' offsets: no copy, and the worker reuses the slab once the
+        receiving process drops the batch. Any other batch pickles its fields."""
+        fields = self.to_dict()
+        slab = self.__dict__.get("_slab")
+        if slab is None:
+            return (_batch_from_fields, (fields,))
+        storage, layout = slab
+        rest = {name: value for name, value in fields.items() if name not in layout}
+        return (_batch_from_slab, (storage, layout, rest))
 
     @property
     def num_positions(self) -> int:
@@ -160,6 +180,15 @@ class SparseKDBatch:
 
 
 _BATCH_FIELDS = tuple(f.name for f in fields(SparseKDBatch))
+
+
+def _batch_from_fields(values: dict[str, Any]) -> SparseKDBatch:
+    return SparseKDBatch(**values)
+
+
+def _batch_from_slab(slab: Tensor, layout: dict[str, Any], rest: dict[str, Any]) -> SparseKDBatch:
+    values: dict[str, Any] = {**rest, **rebuild_from_slab(slab, layout)}
+    return SparseKDBatch(**values)
 
 
 def _rank_slices(
@@ -412,9 +441,18 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
             mine = worker_share(len(plan), start, info.id, info.num_workers)
             device = None
         jobs = [(index, plan[index]) for index in mine]
-        producer = _Prefetcher(self, jobs, device, pin=self.pin_memory and info is None)
+        producer = _Background(
+            lambda: self._produce(jobs, device, pin=self.pin_memory and info is None, shared=info is not None),
+            depth=self.prefetch,
+            name="logitcache-prefetch",
+        )
         try:
-            for batch in producer:
+            for batch, event in producer:
+                if event is not None:  # the side-stream copies finish before the caller's stream uses them
+                    current = torch.cuda.current_stream(device)
+                    current.wait_event(event)
+                    for tensor in batch._tensors().values():
+                        tensor.record_stream(current)
                 if info is None:
                     self._batches_done = batch.batch_index + 1
                 yield batch
@@ -423,26 +461,66 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         finally:
             producer.stop()
 
+    def _produce(
+        self, jobs: list[tuple[int, npt.NDArray[np.int64]]], device: torch.device | None, *, pin: bool, shared: bool
+    ) -> Iterator[tuple[SparseKDBatch, torch.cuda.Event | None]]:
+        """The prefetch thread's work: ``(batch, event)`` for ``jobs`` in order, on ``device``; on CUDA
+        every copy (and a device-side decode) is queued on a side stream and ``event`` marks its end."""
+        side_stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+        decode_on = device if self.device_decode else None
+        with torch.cuda.stream(side_stream) if side_stream is not None else nullcontext():
+            for batch in self._read_batches(jobs, decode_on, pin=pin, shared=shared):
+                event = None
+                if side_stream is not None:
+                    batch = batch.to(device, non_blocking=True)  # type: ignore[arg-type]
+                    event = torch.cuda.Event()
+                    event.record()
+                elif device is not None:
+                    batch = batch.to(device)
+                yield batch, event
+
     def _read_batches(
-        self, jobs: list[tuple[int, npt.NDArray[np.int64]]], decode_on: torch.device | None = None
+        self,
+        jobs: list[tuple[int, npt.NDArray[np.int64]]],
+        decode_on: torch.device | None = None,
+        *,
+        pin: bool = False,
+        shared: bool = False,
     ) -> Iterator[SparseKDBatch]:
-        """Batches for ``jobs`` in order, reading ``read_ahead`` batches per round of ``Read`` calls;
-        decoded on the host, or with ``decode_torch`` on ``decode_on``."""
-        for at in range(0, len(jobs), self.read_ahead):
-            group = jobs[at : at + self.read_ahead]
-            wanted = np.concatenate([items for _, items in group])
-            data: dict[tuple[int, int], bytes] = {}
-            for shard in np.unique(self._item_shard[wanted]):
-                seqs = self._item_seq[wanted[self._item_shard[wanted] == shard]]
-                for seq, record in self.client.read(int(shard), seqs=seqs.tolist()):
-                    data[(int(shard), seq)] = record
-            for index, items in group:
-                keys = [(int(self._item_shard[i]), int(self._item_seq[i])) for i in items]
-                blobs = [data[k] for k in keys]
-                if decode_on is None:
-                    yield self._assemble(index, keys, blobs)
-                else:
-                    yield self._assemble_on(decode_on, index, keys, blobs)
+        """Batches for ``jobs`` in order, decoded on the host (or with ``decode_torch`` on ``decode_on``)
+        while a receiving thread already reads the next ``read_ahead`` batches' records."""
+        groups = [jobs[at : at + self.read_ahead] for at in range(0, len(jobs), self.read_ahead)]
+        # host memory of batches the caller has dropped, reused: up to `prefetch` queued, one being built,
+        # a couple held; a worker's also waits in the DataLoader's queue and its pinning thread
+        pool: BufferPool | SharedSlabPool | None = None
+        if shared:
+            pool = SharedSlabPool(self.prefetch + 8)
+        elif not pin:
+            pool = BufferPool(self.prefetch + 3)
+        receiver = _Background(lambda: map(self._receive, groups), depth=1, name="logitcache-receive")
+        try:
+            for group, data in receiver:
+                for index, items in group:
+                    keys = [(int(self._item_shard[i]), int(self._item_seq[i])) for i in items]
+                    blobs = [data[k] for k in keys]
+                    if decode_on is None:
+                        yield self._assemble(index, keys, blobs, pin=pin, pool=pool)
+                    else:
+                        yield self._assemble_on(decode_on, index, keys, blobs)
+        finally:
+            receiver.stop()
+
+    def _receive(
+        self, group: list[tuple[int, npt.NDArray[np.int64]]]
+    ) -> tuple[list[tuple[int, npt.NDArray[np.int64]]], dict[tuple[int, int], memoryview]]:
+        """The records of ``group``'s batches: one ``Read`` per shard, views into the received messages."""
+        wanted = np.concatenate([items for _, items in group])
+        data: dict[tuple[int, int], memoryview] = {}
+        for shard in np.unique(self._item_shard[wanted]):
+            seqs = self._item_seq[wanted[self._item_shard[wanted] == shard]]
+            for seq, record in self.client.read_views(int(shard), seqs=seqs.tolist()):
+                data[(int(shard), seq)] = record
+        return group, data
 
     def _batch(
         self, index: int, keys: list[tuple[int, int]], hashes: list[int], tensors: dict[str, Tensor]
@@ -457,7 +535,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         )
 
     def _assemble_on(
-        self, device: torch.device, index: int, keys: list[tuple[int, int]], blobs: list[bytes]
+        self, device: torch.device, index: int, keys: list[tuple[int, int]], blobs: list[memoryview]
     ) -> SparseKDBatch:
         """:meth:`_assemble` with the records' packed bytes shipped to ``device`` and unpacked there."""
         headers = [records.read_header(blob) for blob in blobs]
@@ -479,12 +557,23 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         tensors |= {"target_probs": target_probs, "attention_mask": mask}
         return self._batch(index, keys, [h.input_hash for h in headers], tensors)
 
-    def _assemble(self, index: int, keys: list[tuple[int, int]], blobs: list[bytes]) -> SparseKDBatch:
+    def _assemble(
+        self,
+        index: int,
+        keys: list[tuple[int, int]],
+        blobs: list[memoryview],
+        *,
+        pin: bool,
+        pool: BufferPool | SharedSlabPool | None,
+    ) -> SparseKDBatch:
         """The batch from its records' bytes, decoded and padded on the host in one pass (:mod:`.batch_decode`)."""
         tensors, hashes = decode_batch(
-            blobs, normalize=self.normalize, ignore_index=self.ignore_index, pin=self.pin_memory
+            blobs, normalize=self.normalize, ignore_index=self.ignore_index, pin=pin, pool=pool
         )
-        return self._batch(index, keys, hashes, tensors)
+        batch = self._batch(index, keys, hashes, tensors)
+        if isinstance(pool, SharedSlabPool):  # pickled to the main process as the slab's handle
+            batch.__dict__["_slab"] = pool.reduce(tensors)  # not a field: copies and moves do not carry it
+        return batch
 
 
 def _checked_manifests(
@@ -531,25 +620,15 @@ def _refuse_duplicates(manifests: dict[int, ShardManifest], seqs: dict[int, npt.
                     )
 
 
-class _Prefetcher:
-    """Runs ``loader._read_batches(jobs)`` in a thread, ``prefetch`` batches ahead."""
+class _Background:
+    """Runs ``produce()``'s iteration in a daemon thread, up to ``depth`` items ahead of the consumer;
+    an exception there is raised in the consumer's loop."""
 
-    def __init__(
-        self,
-        loader: SparseKDLoader,
-        jobs: list[tuple[int, npt.NDArray[np.int64]]],
-        device: torch.device | None,
-        *,
-        pin: bool,
-    ) -> None:
-        self._loader = loader
-        self._jobs = jobs
-        self._device = device
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=loader.prefetch)
+    def __init__(self, produce: Callable[[], Iterable[Any]], *, depth: int, name: str) -> None:
+        self._produce = produce
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._cuda = device is not None and device.type == "cuda"
-        self._side_stream = torch.cuda.Stream(device) if self._cuda else None
-        self._thread = threading.Thread(target=self._run, name="logitcache-prefetch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -562,38 +641,28 @@ class _Prefetcher:
         return False
 
     def _run(self) -> None:
-        decode_on = self._device if self._loader.device_decode else None
+        items: Iterator[Any] = iter(())
         try:
-            # on CUDA every copy (and a device-side decode) is queued on the side stream
-            with torch.cuda.stream(self._side_stream) if self._side_stream is not None else nullcontext():
-                for batch in self._loader._read_batches(self._jobs, decode_on):
-                    event = None
-                    if self._side_stream is not None:
-                        batch = batch.to(self._device, non_blocking=True)  # type: ignore[arg-type]
-                        event = torch.cuda.Event()
-                        event.record()
-                    elif self._device is not None:
-                        batch = batch.to(self._device)
-                    if not self._put((batch, event)):
-                        return
+            items = iter(self._produce())
+            for item in items:
+                if not self._put(item):
+                    return
             self._put(_END)
         except BaseException as exc:
             self._put(_Failure(exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's own clean-up (its finally blocks) runs on this thread
+                close()
 
-    def __iter__(self) -> Iterator[SparseKDBatch]:
+    def __iter__(self) -> Iterator[Any]:
         while True:
             item = self._queue.get()
             if item is _END:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            batch, event = item
-            if event is not None:  # the side-stream copies finish before the caller's stream uses them
-                current = torch.cuda.current_stream(self._device)
-                current.wait_event(event)
-                for tensor in batch._tensors().values():
-                    tensor.record_stream(current)
-            yield batch
+            yield item
 
     def stop(self) -> None:
         self._stop.set()
