@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -82,4 +83,46 @@ def test_a_read_response_that_does_not_parse_is_data_loss_and_not_retried() -> N
             list(client.read(3, seqs=[1]))
         assert len(reads) == 1
     finally:
+        server.stop(None)
+
+
+def test_a_read_stream_that_never_answers_is_given_up_and_retried() -> None:
+    """A real gRPC server whose ``Read`` accepts the call and sends nothing (what a server that is
+    stopping may do to a stream it accepted): the client gives up after ``timeout`` of silence
+    instead of waiting forever, retries, and raises DEADLINE_EXCEEDED naming the server."""
+    from concurrent import futures
+
+    from logitcache.client import CacheClient
+    from logitcache.proto.v1 import cache_pb2 as pb
+
+    release, calls = threading.Event(), []
+
+    def list_shards(request: bytes, context: grpc.ServicerContext) -> bytes:
+        response: bytes = pb.ListShardsResponse(shards=[pb.ShardInfo(shard=3)]).SerializeToString()
+        return response
+
+    def read(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        calls.append(request)
+        release.wait()
+        yield from ()
+
+    handlers = {
+        "ListShards": grpc.unary_unary_rpc_method_handler(list_shards),
+        "Read": grpc.unary_stream_rpc_method_handler(read),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("logitcache.v1.LogitCache", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with (
+            CacheClient(f"127.0.0.1:{port}", timeout=1.0, retries=2, backoff=0.01) as client,
+            pytest.raises(
+                errors.DeadlineExceededError, match=rf"read: shard 3: 127.0.0.1:{port} sent nothing for 1.0 s"
+            ),
+        ):
+            list(client.read(3, seqs=[1]))
+        assert len(calls) == 3  # the first try and two retries
+    finally:
+        release.set()
         server.stop(None)

@@ -36,7 +36,7 @@ from logitcache.core.records import (
 from logitcache.targets.sampling import sample_random, sample_topk
 from logitcache.targets.sparse import SparseTargets, decode_torch
 from logitcache.targets.synthetic import lm_like_logits
-from logitcache.training.batch_decode import decode_batch
+from logitcache.training.batch_decode import decode_batch, decode_batch_on
 
 VOCAB_SIZES = (50257, 128256, 151936, 262144)
 
@@ -100,14 +100,17 @@ def _edit_entry(data: bytes, index: int, token_id: int | None = None, value: int
 
 
 def _every_decoder_raises(data: bytes, error: type[RecordError], match: str | None = None) -> None:
-    """``records.decode``, ``decode_torch`` and the loader's batch decoder (alone and beside a good record)."""
+    """``records.decode``, ``decode_torch`` and the loader's batch decoders, host and device (here on the
+    CPU), alone and beside a good record."""
     with pytest.raises(error, match=match):
         records.decode(data)
     with pytest.raises(error, match=match):
         decode_torch(data)
-    for batch in ([data], [_GOOD_SMALL, data]):
+    for batch in ([data], [_GOOD_SMALL, data], [data, _GOOD_SMALL]):
         with pytest.raises(error, match=match):
             decode_batch(batch)
+        with pytest.raises(error, match=match):
+            decode_batch_on(batch, "cpu")
 
 
 # --------------------------------------------------------------------------- round trips

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from logitcache.core import records
 from logitcache.targets.sampling import sample_random, sample_topk
 from logitcache.targets.synthetic import lm_like_logits
-from logitcache.training.batch_decode import decode_batch, pad_decoded
+from logitcache.training.batch_decode import decode_batch, decode_batch_on, pad_decoded
 from logitcache.training.batch_memory import BufferPool, SharedSlabPool, rebuild_from_slab
 
 
@@ -40,8 +41,16 @@ KINDS = ["sampled", "many_rounds", "weighted", "topk", "topk_3_bytes", "topk_wid
 
 
 def _assert_like_reference(blobs: list[bytes], normalize: bool) -> None:
-    tensors, hashes = decode_batch(blobs, normalize=normalize, ignore_index=-7)
+    """The host batch decoder and the device one (here on the CPU) against the numpy reference."""
     reference = pad_decoded([records.decode(b) for b in blobs], normalize=normalize, ignore_index=-7)
+    for decoder in (decode_batch, functools.partial(decode_batch_on, device="cpu")):
+        _assert_like(decoder(blobs, normalize=normalize, ignore_index=-7), reference, blobs)
+
+
+def _assert_like(
+    decoded: tuple[dict[str, torch.Tensor], list[int]], reference: dict[str, torch.Tensor], blobs: list[bytes]
+) -> None:
+    tensors, hashes = decoded
     assert tensors.keys() == reference.keys()
     for name in ("input_ids", "labels", "attention_mask", "target_ids"):
         assert torch.equal(tensors[name], reference[name]), name

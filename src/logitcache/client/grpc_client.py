@@ -16,7 +16,8 @@ skipped). A shard moved to another server is found after ``refresh()``. A shard 
 ``address=`` names, else to ``addresses[shard % len(addresses)]``. If two servers hold the same
 shard (a sealed copy), the first in ``addresses`` order serves it.
 
-**Deadlines and retries.** ``timeout`` bounds each unary call; ``stream_timeout`` bounds a whole
+**Deadlines and retries.** ``timeout`` bounds each unary call, and each wait for the next message of
+a ``Read`` stream (a server silent that long is given up on); ``stream_timeout`` bounds a whole
 ``Write`` or ``Read`` stream (none by default: a long stream is normal). Idempotent calls (reads,
 lookups, sealing, ``create_shard(exist_ok=True)``) are retried ``retries`` times with exponential
 backoff on UNAVAILABLE and DEADLINE_EXCEEDED; a broken ``Read`` stream resumes after the last record
@@ -49,6 +50,7 @@ from logitcache.client.errors import (
     CacheError,
     CancelledError,
     DataLossError,
+    DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
@@ -119,6 +121,43 @@ class _Connection:
         self.read_raw = self.channel.unary_stream(
             "/logitcache.v1.LogitCache/Read", request_serializer=pb.ReadRequest.SerializeToString
         )
+
+
+class _SilenceWatch:
+    """Cancels a ``Read`` call that has been silent for ``seconds`` while the client waits on it (None:
+    never). The time the caller spends on what it was given does not count.
+
+    A stream that a server accepted while it was stopping can stay open with nothing more on it (no
+    message, no status) for as long as that server's process lives; the client gives up on it, and
+    the read is retried or resumed, rather than wait forever.
+    """
+
+    def __init__(self, call: _Cancellable, seconds: float | None) -> None:
+        self.fired = False
+        self._call = call
+        self._seconds = seconds
+        self._deadline = float("inf")
+        self._done = threading.Event()
+        if seconds is not None:
+            threading.Thread(target=self._watch, name="logitcache-read-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        assert self._seconds is not None
+        while not self._done.wait(min(max(self._deadline - time.monotonic(), 0.0), self._seconds)):
+            if time.monotonic() >= self._deadline:
+                self.fired = True
+                self._call.cancel()
+                return
+
+    def waiting(self) -> None:
+        if self._seconds is not None:
+            self._deadline = time.monotonic() + self._seconds
+
+    def heard(self) -> None:
+        self._deadline = float("inf")
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 class CacheClient:
@@ -468,10 +507,17 @@ class CacheClient:
         failures = 0
         while True:
             delivered = 0
+            call = self._connection(address).read_raw(request, metadata=self._metadata, timeout=self.stream_timeout)
+            silent = _SilenceWatch(call, self.timeout)
             try:
                 try:
-                    read = self._connection(address).read_raw
-                    for message in read(request, metadata=self._metadata, timeout=self.stream_timeout):
+                    messages = iter(call)
+                    while True:
+                        silent.waiting()
+                        message = next(messages, None)
+                        silent.heard()
+                        if message is None:
+                            return
                         try:
                             received = wire.read_response_records(message)
                         except ValueError as exc:
@@ -480,9 +526,15 @@ class CacheClient:
                             yield seq, data
                             delivered += 1
                             last = seq
-                    return
                 except grpc.RpcError as exc:
+                    if silent.fired:
+                        raise DeadlineExceededError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"read: shard {shard}: {address} sent nothing for {self.timeout} s",
+                        ) from None
                     raise from_rpc_error(exc) from None
+                finally:
+                    silent.stop()
             except CacheError as exc:  # a Read is never cancelled by this side: CANCELLED is a server shutting down
                 if not (is_transient(exc) or isinstance(exc, CancelledError)):
                     raise

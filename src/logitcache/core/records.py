@@ -701,6 +701,24 @@ def decode(data: bytes | bytearray | memoryview) -> Record:
     return Record(header, input_ids, token_ids, probs_or_counts, offsets, weights)
 
 
+def decode_small_sections(h: RecordHeader, data: bytes | bytearray | memoryview) -> tuple[IntArray, IntArray]:
+    """A fixed-width record's ``(input_ids [T], offsets [T + 1])``, checked as :func:`decode` checks them
+    (entry counts in ``1..N`` summing to ``E``, input ids below ``V``, the input hash), without reading
+    its entries: the host's part of a device decode (:func:`logitcache.targets.sparse.decode_torch`).
+    ``h`` is the record's validated header (:func:`read_header`)."""
+    if h.dense:
+        raise ValueError("decode_small_sections: expected a fixed-width record, got a dense one")
+    body = memoryview(data)[HEADER_SIZE:]
+    t = h.num_positions
+    input_ids = _unpack_le(body, t, h.input_id_bytes).astype(np.int64)
+    offsets = _check_entry_counts(h, _unpack_le(body[t * h.input_id_bytes :], t, h.count_bytes).astype(np.int64))
+    if input_ids.shape[0] and input_ids.max() >= h.vocab_size:
+        bad = int(np.flatnonzero(input_ids >= h.vocab_size)[0])
+        raise TokenIdError("input_ids", f"expected ids < vocab_size {h.vocab_size}, got {input_ids[bad]} at {bad}")
+    check_input_hash(h, input_ids)
+    return input_ids, offsets
+
+
 def slice_positions(data: bytes | bytearray | memoryview, start: int, end: int, *, zstd_level: int = 3) -> bytes:
     """The positions ``[start, end)`` of a record, as a valid record of its own (same layout).
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,7 +22,6 @@ from logitcache.core.config import TargetKind
 from logitcache.core.records import (
     HEADER_SIZE,
     CountSumError,
-    EntryCountError,
     EntryOrderError,
     HeaderFieldError,
     Record,
@@ -33,7 +33,7 @@ from logitcache.core.records import (
     read_header,
 )
 
-__all__ = ["SparseTargets", "decode_torch"]
+__all__ = ["SparseTargets", "decode_torch", "to_device", "unpack_entries"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ class SparseTargets:
 
     def position_index(self) -> Tensor:
         """The position each entry belongs to. ``[E]`` int64."""
-        return torch.repeat_interleave(torch.arange(self.num_positions, device=self.device), self.entry_counts())
+        counts = self.entry_counts()
+        return torch.repeat_interleave(
+            torch.arange(self.num_positions, device=self.device), counts, output_size=self.num_entries
+        )
 
     def target_probs(self, *, normalize: bool = True) -> Tensor:
         """The target probability of every entry. ``[E]`` float32.
@@ -99,7 +102,7 @@ class SparseTargets:
             return mass / self.rounds
         totals = torch.zeros(self.num_positions, device=self.device, dtype=mass.dtype)
         totals.index_add_(0, self.position_index(), mass)
-        return mass / totals.repeat_interleave(self.entry_counts())
+        return mass / totals.repeat_interleave(self.entry_counts(), output_size=self.num_entries)
 
     def residual_mass(self) -> Tensor:
         """``1 - Σ target`` per position, clamped at 0. ``[P]`` float32 (exactly zero when sampled)."""
@@ -217,73 +220,63 @@ def decode_torch(
 ) -> tuple[Tensor, SparseTargets]:
     """Decode a record into ``(input_ids [T] int64, SparseTargets)`` on ``device``.
 
-    The header and checksum are checked on the CPU; a fixed-width body is shipped to the device
-    as packed bytes and unpacked and validated there with torch ops (a handful of host syncs per
-    record, whatever its size; the input ids come back to the CPU for the alignment hash). A
-    dense body is decompressed on the CPU first.
+    The CPU checks the header and checksum and reads the small sections (input ids, with the
+    alignment hash, and the entry counts: :func:`~logitcache.core.records.decode_small_sections`);
+    the entries (and weights) go to the device as packed bytes, through pinned memory, and are
+    unpacked and checked there with torch ops (:func:`unpack_entries`): one host sync whatever the
+    size. A dense body is decompressed on the CPU first. The loader's device decode
+    (:func:`~logitcache.training.batch_decode.decode_batch_on`) does the same for a whole batch.
     """
     h = read_header(data)
     target = torch.device(device) if device is not None else torch.device("cpu")
     if h.dense:
         record = decode(data)
         return torch.from_numpy(record.input_ids).to(target), SparseTargets.from_record(record, target)
-    body = torch.frombuffer(bytearray(memoryview(data)[HEADER_SIZE:]), dtype=torch.uint8)
-    body = body.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else body.to(target)
-    ids_size, counts_size, entries_size, _ = h.section_sizes()
-    t, e = h.num_positions, h.num_entries
-    input_ids = _unpack_le_torch(body[:ids_size], t, h.input_id_bytes)
-    entry_counts = _unpack_le_torch(body[ids_size : ids_size + counts_size], t, h.count_bytes)
-    start = ids_size + counts_size
-    entries = _unpack_le_torch(body[start : start + entries_size], e, h.entry_bytes)
+    input_ids, offsets = records.decode_small_sections(h, data)
+    tail = to_device([memoryview(data)[HEADER_SIZE + h.num_positions * h.input_id_bytes :]], target)
+    targets, checks = unpack_entries(h, tail, torch.from_numpy(offsets).to(target))
+    failed = torch.stack([flag for flag, _ in checks]).tolist()
+    for flag, (_, error) in zip(failed, checks, strict=True):
+        if flag:
+            raise error
+    return torch.from_numpy(input_ids).to(target), targets
+
+
+def to_device(parts: Sequence[bytes | bytearray | memoryview], device: torch.device) -> Tensor:
+    """Packed bytes, back to back, as a uint8 tensor on ``device``: copied once into a host buffer
+    (pinned for CUDA, whose copy to the device is then asynchronous)."""
+    sizes = [len(part) for part in parts]
+    host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    view, at = host.numpy(), 0
+    for part, size in zip(parts, sizes, strict=True):
+        view[at : at + size] = np.frombuffer(part, dtype=np.uint8)
+        at += size
+    return host.to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
+def unpack_entries(
+    h: RecordHeader, tail: Tensor, offsets: Tensor
+) -> tuple[SparseTargets, list[tuple[Tensor, RecordError]]]:
+    """A fixed-width record's targets from ``tail`` (its body past the input ids: counts, entries,
+    weights, as packed bytes on the device) and its host-checked ``offsets`` (on the device), with
+    the content checks :func:`~logitcache.core.records.decode` makes as device flags, each beside the
+    error it stands for. Nothing here waits for the device: the caller reads the flags once."""
+    _, counts_size, entries_size, _ = h.section_sizes()
+    e = h.num_entries
+    entries = _unpack_le_torch(tail[counts_size : counts_size + entries_size], e, h.entry_bytes)
     token_ids = entries & ((1 << h.id_bits) - 1)
     values = entries >> h.id_bits
     weights = None
-    if h.weighted:
-        weights = body[start + entries_size :].clone().view(torch.float32)  # clone: 4-byte aligned
-    offsets = torch.zeros(t + 1, dtype=torch.int64, device=target)
-    torch.cumsum(entry_counts, dim=0, out=offsets[1:])
-    _validate_torch(h, entry_counts, offsets, token_ids, values, weights, input_ids)
-    records.check_input_hash(h, input_ids.cpu().numpy())
-    probs_or_counts = values
-    if h.kind == "topk":
-        log_ratio = torch.log((values + 1).double()) - h.value_bits * math.log(2.0)
-        running = torch.cumsum(log_ratio, dim=0)
-        base = torch.cat([running.new_zeros(1), running])[offsets[:-1]]
-        probs_or_counts = torch.exp(running - base.repeat_interleave(entry_counts)).float()
-    return input_ids, SparseTargets.from_arrays(h, token_ids, probs_or_counts, offsets, weights)
-
-
-def _unpack_le_torch(raw: Tensor, count: int, width: int) -> Tensor:
-    cols = raw.view(count, width).to(torch.int64)
-    out = cols[:, 0].clone()
-    for j in range(1, width):
-        out |= cols[:, j] << (8 * j)
-    return out
-
-
-def _validate_torch(
-    h: RecordHeader,
-    entry_counts: Tensor,
-    offsets: Tensor,
-    token_ids: Tensor,
-    values: Tensor,
-    weights: Tensor | None,
-    input_ids: Tensor,
-) -> None:
-    """``_validate_content`` as device reductions: two host syncs, whatever the size."""
-    per = h.max_entries_per_position
-    bad_count, total = torch.stack([((entry_counts < 1) | (entry_counts > per)).any().long(), offsets[-1]]).tolist()
-    if bad_count:
-        raise EntryCountError("entry_counts", f"expected 1..{per} entries at every position")
-    if total != h.num_entries:
-        raise EntryCountError("entry_counts", f"expected a sum of num_entries = {h.num_entries}, got {total}")
-    position = torch.repeat_interleave(torch.arange(h.num_positions, device=offsets.device), entry_counts)
+    if h.weighted:  # clone: 4-byte aligned
+        weights = tail[counts_size + entries_size : counts_size + entries_size + 4 * e].clone().view(torch.float32)
+    counts = offsets[1:] - offsets[:-1]
+    position = torch.repeat_interleave(torch.arange(h.num_positions, device=tail.device), counts, output_size=e)
     checks: list[tuple[Tensor, RecordError]] = [
-        ((input_ids >= h.vocab_size).any(), TokenIdError("input_ids", f"expected ids < vocab_size {h.vocab_size}")),
         ((token_ids >= h.vocab_size).any(), TokenIdError("entries", f"expected ids < vocab_size {h.vocab_size}")),
     ]
+    probs_or_counts = values
     if h.kind == "sampled":
-        sums = torch.zeros(h.num_positions, dtype=torch.int64, device=offsets.device).index_add_(0, position, values)
+        sums = torch.zeros(h.num_positions, dtype=torch.int64, device=tail.device).index_add_(0, position, values)
         ascending = (position[1:] != position[:-1]) | (token_ids[1:] > token_ids[:-1])
         checks += [
             (((values < 1) | (values > h.rounds)).any(), CountSumError("entries", f"expected counts in 1..{h.rounds}")),
@@ -300,7 +293,16 @@ def _validate_torch(
         checks.append(
             ((keyed[1:] == keyed[:-1]).any(), EntryOrderError("entries", "expected unique token ids within a position"))
         )
-    failed = torch.stack([flag for flag, _ in checks]).tolist()
-    for flag, (_, error) in zip(failed, checks, strict=True):
-        if flag:
-            raise error
+        log_ratio = torch.log((values + 1).double()) - h.value_bits * math.log(2.0)
+        running = torch.cumsum(log_ratio, dim=0)
+        base = torch.cat([running.new_zeros(1), running])[offsets[:-1]]
+        probs_or_counts = torch.exp(running - base.repeat_interleave(counts, output_size=e)).float()
+    return SparseTargets.from_arrays(h, token_ids, probs_or_counts, offsets, weights), checks
+
+
+def _unpack_le_torch(raw: Tensor, count: int, width: int) -> Tensor:
+    cols = raw.view(count, width).to(torch.int64)
+    out = cols[:, 0].clone()
+    for j in range(1, width):
+        out |= cols[:, j] << (8 * j)
+    return out

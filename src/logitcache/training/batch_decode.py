@@ -31,10 +31,11 @@ import torch
 from torch import Tensor
 
 from logitcache.core import records
+from logitcache.targets.sparse import SparseTargets, to_device, unpack_entries
 from logitcache.training import batch_kernels as _typed_kernels
 from logitcache.training.batch_memory import BufferPool, SharedSlabPool
 
-__all__ = ["decode_batch", "pad_decoded"]
+__all__ = ["decode_batch", "decode_batch_on", "pad_decoded"]
 
 batch_kernels: Any = _typed_kernels  # numba's Dispatcher stubs do not know the kernels' arguments
 
@@ -107,6 +108,87 @@ def decode_batch(
     for row in fast:  # the alignment fingerprint
         records.check_input_hash(headers[row], arrays[0][row, : lengths[row]])
     return tensors, [h.input_hash for h in headers]
+
+
+def decode_batch_on(
+    blobs: Sequence[bytes | memoryview], device: torch.device | str, *, normalize: bool = True, ignore_index: int = -100
+) -> tuple[dict[str, Tensor], list[int]]:
+    """:func:`decode_batch`'s tensors on ``device``, the entries unpacked and padded there.
+
+    The CPU checks each record's header and checksum and reads its small sections (input ids with
+    the alignment hash, entry counts: :func:`records.decode_small_sections
+    <logitcache.core.records.decode_small_sections>`), and builds the ``[B, T]`` tensors; the rest of
+    the records goes to the device in one copy through pinned memory, where
+    :func:`~logitcache.targets.sparse.unpack_entries` (what ``decode_torch`` runs) unpacks and checks
+    each and scatters it into ``[B, T, K]``. One host sync per batch, for the checks; a refused
+    record is decoded by :func:`records.decode`, which raises its precise error. Dense records are
+    decoded on the host and copied.
+    """
+    target = torch.device(device)
+    headers = [records.read_header(blob) for blob in blobs]
+    b, t = len(blobs), max(h.num_positions for h in headers)
+    small: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    dense: dict[int, records.Record] = {}
+    refused = b  # the first row the host refuses (its later rows are not looked at)
+    for row, (h, blob) in enumerate(zip(headers, blobs, strict=True)):
+        try:
+            if h.dense:
+                dense[row] = records.decode(blob)
+            else:
+                small[row] = records.decode_small_sections(h, blob)
+        except records.RecordError:
+            refused = row
+            break
+    pin = target.type == "cuda"
+    counts = [np.diff(offsets) for _, offsets in small.values()] + [np.diff(r.offsets) for r in dense.values()]
+    k = max([int(c.max()) for c in counts if c.size] + [1])
+    host, host_arrays = _allocate(b, t, 1, pin=pin)
+    input_ids, labels, mask = host_arrays[:3]
+    input_ids[:], labels[:], mask[:] = 0, ignore_index, False
+    for row, ids in [(row, ids) for row, (ids, _) in small.items()] + [(row, r.input_ids) for row, r in dense.items()]:
+        n = ids.shape[0]
+        input_ids[row, :n], labels[row, : n - 1], mask[row, :n] = ids, ids[1:], True
+    tensors = {name: _to(host[name], target) for name in ("input_ids", "labels", "attention_mask")}
+    target_ids = torch.full((b, t, k), -1, dtype=torch.int64, device=target)
+    target_probs = torch.zeros((b, t, k), dtype=torch.float32, device=target)
+    flat_ids, flat_probs = target_ids.view(-1), target_probs.view(-1)
+    rows = list(small)
+    tails = [
+        memoryview(blobs[row])[records.HEADER_SIZE + headers[row].num_positions * headers[row].input_id_bytes :]
+        for row in rows
+    ]
+    packed = to_device(tails, target)
+    offsets = _to(torch.from_numpy(np.concatenate([small[row][1] for row in rows] or [np.zeros(0, np.int64)])), target)
+    flags: list[Tensor] = []
+    at = starts = 0
+    for row, tail in zip(rows, tails, strict=True):
+        h = headers[row]
+        targets, checks = unpack_entries(h, packed[at : at + len(tail)], offsets[starts : starts + h.num_positions + 1])
+        at, starts = at + len(tail), starts + h.num_positions + 1
+        position = targets.position_index()
+        slot = torch.arange(h.num_entries, device=target) - targets.offsets[:-1][position]
+        index = (row * t + position) * k + slot
+        flat_ids[index] = targets.token_ids
+        flat_probs[index] = targets.target_probs(normalize=normalize)
+        flags.append(torch.stack([flag for flag, _ in checks]).any())
+    for row, record in dense.items():
+        padded_ids, padded_probs = SparseTargets.from_record(record, target).to_padded(width=k, normalize=normalize)
+        n = record.header.num_positions
+        target_ids[row, :n], target_probs[row, :n] = padded_ids, padded_probs
+    bad = [row for row, flag in zip(rows, torch.stack(flags).tolist() if flags else [], strict=True) if flag]
+    if bad or refused < b:
+        first = min([*bad, refused])
+        records.decode(blobs[first])  # raises the record's error
+        raise AssertionError(f"the device decoder refused record {first}, which records.decode accepts")
+    tensors |= {"target_ids": target_ids, "target_probs": target_probs}
+    return tensors, [h.input_hash for h in headers]
+
+
+def _to(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; to CUDA through pinned memory, asynchronously."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
 
 
 def pad_decoded(

@@ -54,10 +54,11 @@ cost as much as decoding); CUDA ones are decoded into pinned memory. In a DataLo
 batches are built in shared-memory slabs that travel to the main process as handles and return to
 the worker when the main process drops them, so nothing is copied on the way. With
 ``device_decode=True`` the records' packed bytes go to ``device`` instead and are unpacked and
-padded there (:func:`~logitcache.targets.sparse.decode_torch`, also on the side stream): less host
-CPU and fewer bytes over PCIe (3 bytes an entry instead of 12), a few device syncs per record. It
-is off by default until ``benchmarks/bench_loader.py``'s CUDA figures show it faster; DataLoader
-workers always decode on the host. An exception in either thread is raised in the training loop.
+padded there (:func:`~logitcache.training.batch_decode.decode_batch_on`: ``decode_torch``'s unpacking
+for a whole batch, also on the side stream): less host CPU and fewer bytes over PCIe (3 bytes an
+entry instead of 12), one copy and one device sync per batch. It is off by default until
+``benchmarks/bench_loader.py``'s CUDA figures show it faster; DataLoader workers always decode on
+the host. An exception in either thread is raised in the training loop.
 """
 
 from __future__ import annotations
@@ -82,8 +83,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from logitcache.client.grpc_client import CacheClient
 from logitcache.core import records
 from logitcache.core.manifest import ShardInfo, ShardManifest
-from logitcache.targets.sparse import decode_torch
-from logitcache.training.batch_decode import decode_batch
+from logitcache.training.batch_decode import decode_batch, decode_batch_on
 from logitcache.training.batch_memory import BufferPool, SharedSlabPool, rebuild_from_slab
 
 __all__ = [
@@ -487,7 +487,7 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         pin: bool = False,
         shared: bool = False,
     ) -> Iterator[SparseKDBatch]:
-        """Batches for ``jobs`` in order, decoded on the host (or with ``decode_torch`` on ``decode_on``)
+        """Batches for ``jobs`` in order, decoded on the host (or on ``decode_on``)
         while a receiving thread already reads the next ``read_ahead`` batches' records."""
         groups = [jobs[at : at + self.read_ahead] for at in range(0, len(jobs), self.read_ahead)]
         # host memory of batches the caller has dropped, reused: up to `prefetch` queued, one being built,
@@ -538,24 +538,8 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
         self, device: torch.device, index: int, keys: list[tuple[int, int]], blobs: list[memoryview]
     ) -> SparseKDBatch:
         """:meth:`_assemble` with the records' packed bytes shipped to ``device`` and unpacked there."""
-        headers = [records.read_header(blob) for blob in blobs]
-        decoded = [decode_torch(blob, device) for blob in blobs]
-        lengths = [h.num_positions for h in headers]
-        b, t = len(blobs), max(lengths)
-        k = max(int(targets.entry_counts().max()) if targets.num_positions else 0 for _, targets in decoded)
-        input_ids = torch.zeros((b, t), dtype=torch.int64, device=device)
-        labels = torch.full((b, t), self.ignore_index, dtype=torch.int64, device=device)
-        target_ids = torch.full((b, t, k), -1, dtype=torch.int64, device=device)
-        target_probs = torch.zeros((b, t, k), dtype=torch.float32, device=device)
-        mask = torch.arange(t, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-        for row, (ids, targets) in enumerate(decoded):
-            n = lengths[row]
-            input_ids[row, :n] = ids
-            labels[row, : n - 1] = ids[1:]
-            target_ids[row, :n], target_probs[row, :n] = targets.to_padded(width=k, normalize=self.normalize)
-        tensors = {"input_ids": input_ids, "labels": labels, "target_ids": target_ids}
-        tensors |= {"target_probs": target_probs, "attention_mask": mask}
-        return self._batch(index, keys, [h.input_hash for h in headers], tensors)
+        tensors, hashes = decode_batch_on(blobs, device, normalize=self.normalize, ignore_index=self.ignore_index)
+        return self._batch(index, keys, hashes, tensors)
 
     def _assemble(
         self,
