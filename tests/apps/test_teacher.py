@@ -254,7 +254,7 @@ def test_a_missing_model_directory_is_a_clear_error(tmp_path: Path, capsys: pyte
 def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
     tiny_llama: Path, tmp_path: Path, tokenizer: Any
 ) -> None:
-    total = 3000
+    total = 9000  # long enough that the SIGINT comes while the teacher runs, even on a loaded machine
     rng = np.random.default_rng(3)
     rng.integers(0, len(tokenizer), total * SEQ_LEN, dtype=np.uint16).tofile(tmp_path / "train.bin")
     # every run the same command in the same environment (one thread: the same float arithmetic)
@@ -282,7 +282,7 @@ def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
         said = [line for line in err.splitlines() if line.startswith("logitcache teacher: interrupted: ")]
         assert len(said) == 1, err
         found = re.fullmatch(
-            r"logitcache teacher: interrupted: (\d+) of 3000 sequences of shard 2 are stored; "
+            rf"logitcache teacher: interrupted: (\d+) of {total} sequences of shard 2 are stored; "
             r"rerun the same command to resume",
             said[0],
         )
