@@ -265,6 +265,8 @@ def test_ctrl_c_then_a_rerun_stores_the_bytes_of_an_uninterrupted_run(
         return subprocess.Popen(
             [sys.executable, "-m", "logitcache", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
+            # a SIGINT ignored in this process (another test's doing) would be inherited and ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
 
     with running_server(tmp_path / "data") as (server, client):
