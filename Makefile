@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_soak.py
 	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_ray.py
 
 gpu-check:  ## on a CUDA machine: the CUDA tests and GPU benchmarks, one JSON line (scripts/gpu_check.sh)
 	bash scripts/gpu_check.sh

@@ -18,6 +18,10 @@
      datasets; otherwise the JSON says why the row is skipped);
    - ``loader_read_ahead_2`` and the like: the loader with other ``read_ahead`` / ``prefetch``
      settings (``SETTINGS``), against which its defaults were chosen;
+   - ``exported``: the shard exported as parquet (``logitcache export``, 128 sequences per file) and read
+     by ``ExportedShardReader`` (Hugging Face ``datasets`` streaming, no server), files shuffled;
+     ``exported_buffered`` with its default 1024-row shuffle buffer too (in another order than the
+     loader's, so its first batch is not compared);
    - ``raw``: the raw ``Read`` stream of the same records as bytes (one range request).
    The first batch of every reader is checked equal to the loader's. CPU seconds per million
    positions are this process's (and the DataLoader workers') user + system time; the server's
@@ -295,6 +299,19 @@ def main() -> None:
                 readers["arrow_workers_2"] = lambda: _epoch(
                     DataLoader(ArrowBatches(arrow_path, plan), batch_size=None, num_workers=2), positions
                 )
+                from logitcache.exports.files import export_shard
+                from logitcache.exports.reader import ExportedShardReader
+
+                export_shard(client, 0, str(Path(tmp) / "exported"), rows_per_file=128)
+                for name, buffer in (("exported", 0), ("exported_buffered", 1024)):
+                    exported = ExportedShardReader(
+                        str(Path(tmp) / "exported"),
+                        batch_size=args.batch_size,
+                        shuffle_buffer=buffer,
+                        rank=0,
+                        world_size=1,
+                    )
+                    readers[name] = functools.partial(lambda r: _epoch(r, positions) and None, exported)
             readers["raw"] = raw
             if isinstance(mds, str):
                 skipped["mds"] = mds
@@ -395,6 +412,9 @@ def main() -> None:
             result[f"cpu_ratio_loader_vs_arrow{suffix}"] = round(cpu[f"loader{suffix}"] / cpu[f"arrow{suffix}"], 3)
         result[f"ratio_loader_vs_ceiling{suffix}"] = round(rate[f"loader{suffix}"] / ceiling_rate, 3)
     result["ratio_workers_2_vs_in_process"] = round(rate["loader_workers_2"] / rate["loader"], 3)
+    if "exported" in rate:
+        result["ratio_loader_vs_exported"] = round(rate["loader"] / rate["exported"], 3)
+        result["cpu_ratio_loader_vs_exported"] = round(cpu["loader"] / cpu["exported"], 3)
     if "mds" in rate:
         result["ratio_loader_vs_mds"] = round(rate["loader"] / rate["mds"], 3)
     result |= {

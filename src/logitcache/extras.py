@@ -4,7 +4,9 @@ The base install is the server and the thin client (no torch). The torch side (s
 loss, the writer, the loader, the demo) needs ``logitcache[torch]``; the teacher command needs
 ``logitcache[teacher]`` (torch and transformers), and ``logitcache[gguf]`` to load a GGUF
 checkpoint (``--gguf-file``); the server's ``--tokenizer`` needs
-``logitcache[tokenizer]``. The extras themselves are listed in ``pyproject.toml``.
+``logitcache[tokenizer]``; parquet exports (:mod:`logitcache.exports`) need ``logitcache[export]``
+(``[s3]`` for ``s3://`` URLs, ``[datasets]`` for the exported-shard reader); teacher inference on
+Ray needs ``logitcache[ray]``. The extras themselves are listed in ``pyproject.toml``.
 """
 
 from __future__ import annotations

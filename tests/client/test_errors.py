@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -112,3 +113,12 @@ def test_a_read_stream_that_never_answers_is_given_up_and_retried() -> None:
         assert len(calls) == 3  # the first try and two retries
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("cls", [errors.CacheError, *errors.CacheError.__subclasses__()])
+def test_errors_pickle_as_themselves(cls: type[errors.CacheError]) -> None:
+    """A worker process or a Ray actor hands its error to the caller pickled."""
+    error = cls(grpc.StatusCode.UNAVAILABLE, "server 10.0.0.1:50051 is gone", 0.25)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert (copy.code, copy.details, copy.retry_after, str(copy)) == (error.code, error.details, 0.25, str(error))

@@ -63,3 +63,15 @@ def run_serve(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "logitcache", "serve", *flags], capture_output=True, text=True, check=False, timeout=120
     )
+
+
+def self_signed_cert(folder: Path, alt_names: str) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)``: a one-day self-signed certificate for ``alt_names`` (``DNS:localhost,IP:...``)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", f"subjectAltName={alt_names}"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

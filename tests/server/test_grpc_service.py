@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,15 @@ from logitcache.core import records
 from logitcache.core.manifest import ShardManifest
 from logitcache.proto.v1 import cache_pb2 as pb
 from logitcache.proto.v1 import cache_pb2_grpc as pb_grpc
-from tests.server.helpers import MANIFEST, SEQ_LEN, TOPK_MANIFEST, corrupt_stored, make_records, running_server
+from tests.server.helpers import (
+    MANIFEST,
+    SEQ_LEN,
+    TOPK_MANIFEST,
+    corrupt_stored,
+    make_records,
+    running_server,
+    self_signed_cert,
+)
 
 
 def test_round_trip_across_shards(tmp_path: Path) -> None:
@@ -274,13 +281,7 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path, "DNS:localhost,IP:127.0.0.1")
     with running_server(tmp_path / "data", tls_cert=cert, tls_key=key) as (server, _):
         with CacheClient(f"localhost:{server.port}", tls_root_cert=cert) as secure:
             secure.create_shard(0, MANIFEST)

@@ -11,6 +11,8 @@ Subcommands:
   into the cache (see :mod:`logitcache.apps.teacher`); ``torchrun`` splits the work across ranks.
 * ``logitcache shards ls | info | seal | rm`` — list, inspect, seal and delete the shards of running
   servers over gRPC (see :mod:`logitcache.apps.shards`).
+* ``logitcache export SHARD... --to DEST`` and ``logitcache import SOURCE...`` — sealed shards to and
+  from parquet files in a directory or an object store (see :mod:`logitcache.apps.exports`).
 * ``logitcache demo`` — a one-minute guided run on the CPU: a server on ``./logitcache-demo-data``, a tiny
   teacher over a built-in corpus, a student trained from the cache, the viewer until Ctrl-C
   (see :mod:`logitcache.apps.demo`).
@@ -25,7 +27,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -103,9 +115,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"logitcache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    def command(name: str, summary: str, description: str, parents: Sequence[Any] = ()) -> argparse.ArgumentParser:
         leaf = sub.add_parser(
-            name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_HelpFormatter
+            name,
+            help=summary,
+            description=f"{summary}.\n\n{description}",
+            formatter_class=_HelpFormatter,
+            parents=list(parents),
         )
         leaf.set_defaults(parser_=leaf)
         return leaf
@@ -142,6 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "need the server's token when it has one (--auth-token, else LOGITCACHE_AUTH_TOKEN).",
     )
     _add_shards_flags(shards)
+    _add_export_flags(command)
     demo = command(
         "demo",
         "A one-minute guided run: server, teacher, cache, student, viewer",
@@ -191,6 +208,34 @@ def _add_shards_flags(parser: argparse.ArgumentParser) -> None:
     rm = action("rm", "Delete a shard and its files")
     rm.add_argument("shard", type=_shard_number, help="the shard number")
     rm.add_argument("--force", action="store_true", help="delete it even if it is sealed")
+
+
+def _add_export_flags(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``export`` and ``import`` (:mod:`logitcache.apps.exports`)."""
+    both = argparse.ArgumentParser(add_help=False)
+    _add_connection_flags(both)
+    both.add_argument("--timeout", type=_seconds, default=30.0, help="seconds each call may take")
+    both.add_argument("--storage-options", type=_json_object, help="fsspec options for the URL, as a JSON object")
+    both.add_argument("--json", action="store_true", help="one JSON object per shard")
+    export = command(
+        "export",
+        "Write sealed shards as parquet files to a directory or an object store",
+        "Each shard becomes DEST/shard-NNNNNNNNNN/: parquet files (one row per sequence; Hugging Face\n"
+        "datasets, Ray Data, DuckDB and Spark read them) and _export.json, written last.",
+        [both],
+    )
+    export.add_argument("shards", nargs="+", type=_shard_number, metavar="SHARD", help="sealed shard numbers")
+    export.add_argument("--to", required=True, metavar="DEST", help="a directory or an fsspec URL (s3://bucket/prefix)")
+    export.add_argument("--rows-per-file", type=_count, default=1024, help="sequences per parquet file")
+    imp = command(
+        "import",
+        "Load exported shards back into the servers, byte-identically, and seal them",
+        "SOURCE is one shard's export folder or a folder of them. Every row is re-encoded and checked\n"
+        "against its record's checksum before it is sent; a failed import leaves no shard behind.",
+        [both],
+    )
+    imp.add_argument("sources", nargs="+", metavar="SOURCE", help="export folders or fsspec URLs")
+    imp.add_argument("--shard", type=_shard_number, help="store it as this shard (default: the exported number)")
 
 
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -338,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from logitcache.apps.shards import run
 
             return run(args)
+        if args.command in ("export", "import"):
+            from logitcache.apps.exports import run as run_exports
+
+            return run_exports(args)
         if args.command == "teacher":
             import logitcache._torch  # noqa: F401  (torch, or an ImportError naming the extra)
             from logitcache.apps.teacher import main as teacher_main

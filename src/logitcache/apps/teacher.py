@@ -20,6 +20,11 @@ fixed runs ``[lo + j·B, lo + (j+1)·B)`` of the slice and seq ``s`` is sampled 
 of an uninterrupted one. Ctrl-C ends with one line saying how many sequences are stored. When
 every seq of the slice is stored the shard is sealed (``--no-seal``: left open), and loaders
 accept it (they refuse unsealed shards by default).
+
+**The pieces.** Each step is a function of its own (:func:`seq_slice`, :func:`run_manifest`,
+:func:`check_run`, :func:`pending_batches`, :func:`write_batch`, :func:`load_teacher`...), so that
+:mod:`logitcache.integrations.ray` runs the same steps on Ray Data and stores, for the same input,
+the records and manifests that this command stores under ``WORLD_SIZE`` ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +50,22 @@ from logitcache.core.manifest import ShardInfo, ShardManifest, TeacherRun
 from logitcache.extras import require
 from logitcache.writer.cache_writer import CacheWriter
 
-__all__ = ["TeacherInterrupted", "TeacherSummary", "run"]
+__all__ = [
+    "TeacherInterrupted",
+    "TeacherSummary",
+    "check_run",
+    "check_token_ids",
+    "load_teacher",
+    "load_tokenizer",
+    "pending_batches",
+    "pretrained",
+    "run",
+    "run_manifest",
+    "seq_slice",
+    "teacher_dtype",
+    "teacher_name",
+    "write_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +99,24 @@ class TeacherInterrupted(KeyboardInterrupt):
         )
 
 
-def _pretrained(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """``from_pretrained``'s folder and keywords for ``--model DIR`` or ``--gguf-file FILE``."""
-    if args.gguf_file is None:
-        if not args.model.is_dir():  # from_pretrained would take it for a hub name and go to the network
-            raise FileNotFoundError(f"--model {args.model}: no such directory")
-        return str(args.model), {}
+def pretrained(model: Path | None, gguf_file: Path | None) -> tuple[str, dict[str, Any]]:
+    """``from_pretrained``'s folder and keywords for ``--model DIR`` or ``--gguf-file FILE`` (exactly one given)."""
+    if gguf_file is None:
+        if model is None or not model.is_dir():  # from_pretrained would take it for a hub name and go to the network
+            raise FileNotFoundError(f"--model {model}: no such directory")
+        return str(model), {}
     for module in ("gguf", "accelerate"):  # transformers needs both to load a GGUF checkpoint
         require(module, extra="gguf", by="logitcache teacher --gguf-file")
-    if not args.gguf_file.is_file():
-        raise FileNotFoundError(f"--gguf-file {args.gguf_file}: no such file")
-    return str(args.gguf_file.parent), {"gguf_file": args.gguf_file.name}
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"--gguf-file {gguf_file}: no such file")
+    return str(gguf_file.parent), {"gguf_file": gguf_file.name}
 
 
-def _load_tokenizer(args: argparse.Namespace) -> Any | None:
+def load_tokenizer(tokenizer: Path | None, model: Path | None, gguf_file: Path | None) -> Any | None:
+    """The tokenizer at ``tokenizer``, else the teacher's own; ``None`` (with a warning) where there is none."""
     from transformers import AutoTokenizer
 
-    folder, kwargs = (str(args.tokenizer), {}) if args.tokenizer else _pretrained(args)
+    folder, kwargs = (str(tokenizer), {}) if tokenizer else pretrained(model, gguf_file)
     try:
         return AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
@@ -102,10 +124,125 @@ def _load_tokenizer(args: argparse.Namespace) -> Any | None:
         return None
 
 
+def teacher_name(name: str | None, model: Path | None, gguf_file: Path | None) -> str:
+    """The manifest's teacher: ``name``, else the model directory's name or the GGUF file's stem."""
+    if name:
+        return name
+    if gguf_file is not None:
+        return gguf_file.stem
+    if model is None:
+        raise ValueError("--model, --gguf-file: expected one of the two")
+    return model.resolve().name
+
+
+def teacher_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``--dtype``: a torch dtype by name; ``"auto"`` is bfloat16 on CUDA, float32 elsewhere."""
+    if name != "auto":
+        dtype: torch.dtype = getattr(torch, name)
+        return dtype
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_teacher(
+    model: Path | None, gguf_file: Path | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, int]:
+    """The causal LM on ``device`` in eval mode, and its vocabulary size (its output layer's rows)."""
+    from transformers import AutoModelForCausalLM
+
+    folder, kwargs = pretrained(model, gguf_file)
+    loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    loaded = loaded.to(device).eval()
+    return loaded, int(loaded.get_output_embeddings().weight.shape[0])
+
+
+def seq_slice(rank: int, world_size: int, total: int) -> tuple[int, int]:
+    """Rank ``rank`` of ``world_size``'s contiguous slice ``[lo, hi)`` of ``total`` sequences."""
+    return rank * total // world_size, (rank + 1) * total // world_size
+
+
+def check_token_ids(sequences: np.ndarray, lo: int, hi: int, vocab: int, data: object) -> None:
+    """``ValueError`` unless every token id of seqs ``[lo, hi)`` of ``sequences [n, T]`` is in ``[0, vocab)``."""
+    if hi <= lo:
+        return
+    mine = sequences[lo:hi]
+    outside = int(np.count_nonzero((mine < 0) | (mine >= vocab)))
+    if outside:
+        raise ValueError(
+            f"{data}: {outside} of the {mine.size:,} token ids of seqs [{lo}, {hi}) are outside the teacher's "
+            f"vocabulary [0, {vocab}) (they range over [{int(mine.min())}, {int(mine.max())}]): is --token-dtype "
+            "right, and is the corpus tokenized with the teacher's tokenizer?"
+        )
+
+
+def run_manifest(
+    sampler: SamplerConfig,
+    vocab: int,
+    *,
+    seq_len: int,
+    teacher: str,
+    tokenizer_fingerprint: str,
+    corpus_fingerprint: str,
+    sequences: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+) -> ShardManifest:
+    """The manifest of the shard that rank ``rank`` of a run of ``world_size`` over ``sequences`` seqs fills."""
+    lo, hi = seq_slice(rank, world_size, sequences)
+    return ShardManifest.for_sampler(
+        sampler,
+        vocab,
+        seq_len=seq_len,
+        teacher=teacher,
+        tokenizer_fingerprint=tokenizer_fingerprint,
+        run=TeacherRun(
+            corpus_fingerprint=corpus_fingerprint,
+            sequences=sequences,
+            world_size=world_size,
+            rank=rank,
+            seq_start=lo,
+            seq_stop=hi,
+            seed=seed,
+        ),
+    )
+
+
+def pending_batches(
+    lo: int, hi: int, batch_size: int, stored: npt.NDArray[np.uint64]
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
+    """The fixed batches ``[lo + j·B, lo + (j+1)·B)`` of the slice with a seq not in ``stored``: ``(seqs, needed)``."""
+    batches = []
+    for start in range(lo, hi, batch_size):
+        seqs = np.arange(start, min(start + batch_size, hi), dtype=np.int64)
+        needed = ~np.isin(seqs, stored)
+        if needed.any():
+            batches.append((seqs, needed))
+    return batches
+
+
+def write_batch(
+    model: Any,
+    writer: CacheWriter,
+    sequences: np.ndarray,
+    seqs: npt.NDArray[np.int64],
+    needed: npt.NDArray[np.bool_],
+    device: torch.device,
+) -> None:
+    """Run the teacher on the whole fixed batch ``sequences[seqs]`` and hand the ``needed`` rows to ``writer``.
+
+    The forward pass always sees the whole batch, so a resumed or retried batch gets the same logits
+    (the same shapes, the same arithmetic) as an uninterrupted run, hence the same record bytes.
+    """
+    ids = torch.from_numpy(np.asarray(sequences[seqs], dtype=np.int64)).to(device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits  # the whole fixed batch: the same logits on resume
+    rows = torch.from_numpy(needed).to(device)
+    writer.write(seqs[needed].tolist(), ids[rows], logits[rows])
+
+
 def run(args: argparse.Namespace) -> TeacherSummary:
     """Run the teacher as ``args`` (the ``teacher`` flags of :mod:`logitcache.apps.cli`) say; raise on any failure."""
     require("transformers", extra="teacher", by="logitcache teacher")
-    from transformers import AutoModelForCausalLM
 
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 1 or not 0 <= rank < world_size:
@@ -117,63 +254,38 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, events and pinned copies all on this rank's GPU
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype != "auto"
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
+    dtype = teacher_dtype(args.dtype, device)
     sampler = SamplerConfig(
         method=args.sampler, rounds=args.rounds, temperature=args.temperature, k=args.top_k, top_p=args.top_p
     )
 
-    tokenizer = _load_tokenizer(args)
+    tokenizer = load_tokenizer(args.tokenizer, args.model, args.gguf_file)
     sequences = load_sequences(
         args.data, args.seq_len, tokenizer=tokenizer, token_dtype=args.token_dtype, text_key=args.text_key
     )
     total = min(len(sequences), args.limit or len(sequences))
-    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    lo, hi = seq_slice(rank, world_size, total)
     shard = args.shard + rank
 
-    folder, kwargs = _pretrained(args)
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
-    model = model.to(device).eval()
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    if hi > lo:
-        mine = sequences[lo:hi]
-        outside = int(np.count_nonzero((mine < 0) | (mine >= vocab)))
-        if outside:
-            raise ValueError(
-                f"{args.data}: {outside} of the {mine.size:,} token ids of seqs [{lo}, {hi}) are outside the teacher's "
-                f"vocabulary [0, {vocab}) (they range over [{int(mine.min())}, {int(mine.max())}]): is --token-dtype "
-                "right, and is the corpus tokenized with the teacher's tokenizer?"
-            )
-
-    manifest = ShardManifest.for_sampler(
+    model, vocab = load_teacher(args.model, args.gguf_file, device, dtype)
+    check_token_ids(sequences, lo, hi, vocab, args.data)
+    manifest = run_manifest(
         sampler,
         vocab,
         seq_len=args.seq_len,
-        teacher=args.teacher_name or (args.model.resolve().name if args.gguf_file is None else args.gguf_file.stem),
+        teacher=teacher_name(args.teacher_name, args.model, args.gguf_file),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else "",
-        run=TeacherRun(
-            corpus_fingerprint=corpus_fingerprint(sequences[:total]),
-            sequences=total,
-            world_size=world_size,
-            rank=rank,
-            seq_start=lo,
-            seq_stop=hi,
-            seed=args.seed,
-        ),
+        corpus_fingerprint=corpus_fingerprint(sequences[:total]),
+        sequences=total,
+        world_size=world_size,
+        rank=rank,
+        seed=args.seed,
     )
     client = CacheClient(args.server, auth_token=args.auth_token)
     started = time.perf_counter()
     try:
-        stored = _check_run(client, shard, manifest)
-        batches = []  # the slice's fixed batches, with the rows still to store
-        for start in range(lo, hi, args.batch_size):
-            seqs = np.arange(start, min(start + args.batch_size, hi), dtype=np.int64)
-            needed = ~np.isin(seqs, stored)
-            if needed.any():
-                batches.append((seqs, needed))
+        stored = check_run(client, shard, manifest)
+        batches = pending_batches(lo, hi, args.batch_size, stored)  # with the rows still to store
         todo = sum(int(needed.sum()) for _, needed in batches)
         written = positions = 0
         bytes_per_position = 0.0
@@ -192,11 +304,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
                 ) as writer:
                     progress = _progress(todo * args.seq_len, f"rank {rank} → shard {shard}", args.no_progress)
                     for seqs, needed in batches:
-                        ids = torch.from_numpy(np.asarray(sequences[seqs], dtype=np.int64)).to(device)
-                        with torch.inference_mode():
-                            logits = model(input_ids=ids).logits  # the whole fixed batch: the same logits on resume
-                        rows = torch.from_numpy(needed).to(device)
-                        writer.write(seqs[needed].tolist(), ids[rows], logits[rows])
+                        write_batch(model, writer, sequences, seqs, needed, device)
                         stats = writer.stats()
                         progress.set_postfix(
                             acked=f"{stats.positions_per_s:,.0f} pos/s", B_pos=f"{stats.bytes_per_position:.1f}"
@@ -228,7 +336,7 @@ def run(args: argparse.Namespace) -> TeacherSummary:
     )
 
 
-def _check_run(client: CacheClient, shard: int, manifest: ShardManifest) -> npt.NDArray[np.uint64]:
+def check_run(client: CacheClient, shard: int, manifest: ShardManifest) -> npt.NDArray[np.uint64]:
     """The seqs ``shard`` already holds, once this run may go on; ``ValueError`` naming what differs if not."""
     assert manifest.run is not None
     run = manifest.run

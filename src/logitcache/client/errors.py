@@ -36,6 +36,11 @@ class CacheError(Exception):
         self.details = details
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[CacheError], tuple[grpc.StatusCode, str, float | None]]:
+        """Pickled from its fields (``args`` holds only the message): an error raised in a worker process
+        or a Ray actor reaches the caller as itself."""
+        return type(self), (self.code, self.details, self.retry_after)
+
 
 class InvalidArgumentError(CacheError, ValueError):
     """A malformed record or request (the message names the field)."""

@@ -104,7 +104,10 @@ __all__ = [
     "check_input_hash",
     "declared_size",
     "decode",
+    "decode_sections",
     "encode",
+    "encode_sections",
+    "header_for",
     "input_ids_hash",
     "peek_positions",
     "read_header",
@@ -527,24 +530,18 @@ def encode(
             f"targets: expected {offsets[-1]} ids and values (offsets[-1]), "
             f"got {token_ids.shape[0]} and {values.shape[0]}"
         )
-    header = RecordHeader(
-        kind=targets.kind,
-        vocab_size=vocab,
-        rounds=targets.rounds if targets.kind == "sampled" else 0,
-        k=targets.k if targets.kind == "topk" else 0,
+    header = dataclasses.replace(
+        header_for(
+            targets.kind,
+            vocab,
+            per_position,
+            value_bits=value_bits,
+            param=param,
+            weighted=weights is not None,
+            dense=dense,
+        ),
         num_positions=int(ids_in.shape[0]),
         num_entries=int(token_ids.shape[0]),
-        id_bits=id_bits,
-        value_bits=value_bits,
-        input_id_bytes=(id_bits + 7) // 8,
-        count_bytes=_count_bytes(per_position),
-        temperature=param if targets.kind == "sampled" else 1.0,
-        top_p=param if targets.kind == "topk" and param > 0 else None,
-        weighted=weights is not None,
-        dense=dense,
-        body_len=0,
-        input_hash=0,
-        checksum=0,
     )
     # the decoder's own checks guard the encoder: nothing invalid is ever written
     _validate_content(header, ids_in, entry_counts, token_ids, values, weights)
@@ -699,6 +696,92 @@ def decode(data: bytes | bytearray | memoryview) -> Record:
         _ratio_decode(values, offsets, header.value_bits) if header.kind == "topk" else values
     )
     return Record(header, input_ids, token_ids, probs_or_counts, offsets, weights)
+
+
+def decode_sections(data: bytes | bytearray | memoryview) -> tuple[RecordHeader, Sections]:
+    """A record's header and its sections as stored, validated as :func:`decode` validates them:
+    ``(input_ids [T], entry_counts [T], token_ids [E], values [E], weights [E] | None)``, where
+    ``values`` are the stored integers (sampled counts, or top-k quantiser levels: not probabilities).
+    :func:`encode_sections` of them gives back the same bytes (with the zstd level of a DENSE record)."""
+    header = read_header(data)
+    view = memoryview(data)[HEADER_SIZE:]
+    sections = (_split_dense if header.dense else _split_fixed)(header, view)
+    _validate_content(header, *sections)
+    check_input_hash(header, sections[0])
+    return header, sections
+
+
+def header_for(
+    kind: TargetKind,
+    vocab_size: int,
+    per_position: int,
+    *,
+    value_bits: int,
+    param: float,
+    weighted: bool = False,
+    dense: bool = False,
+) -> RecordHeader:
+    """The header :func:`encode_sections` completes: ``per_position`` is N (sampled) or k (top-k),
+    ``param`` the temperature (sampled) or top-p (top-k, 0 = off)."""
+    id_bits = _id_bits(vocab_size)
+    f32 = float(np.float32(param))
+    return RecordHeader(
+        kind=kind,
+        vocab_size=vocab_size,
+        rounds=per_position if kind == "sampled" else 0,
+        k=per_position if kind == "topk" else 0,
+        num_positions=0,
+        num_entries=0,
+        id_bits=id_bits,
+        value_bits=value_bits,
+        input_id_bytes=(id_bits + 7) // 8,
+        count_bytes=_count_bytes(per_position),
+        temperature=f32 if kind == "sampled" else 1.0,
+        top_p=f32 if kind == "topk" and f32 > 0 else None,
+        weighted=weighted,
+        dense=dense,
+        body_len=0,
+        input_hash=0,
+        checksum=0,
+    )
+
+
+def encode_sections(
+    header: RecordHeader,
+    input_ids: npt.ArrayLike,
+    entry_counts: npt.ArrayLike,
+    token_ids: npt.ArrayLike,
+    values: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    *,
+    zstd_level: int = 3,
+) -> bytes:
+    """A record from sections as :func:`decode_sections` returns them. ``header`` gives the parameters
+    (kind, vocabulary, rounds or k, value bits, temperature or top-p, layout); its sizes, hash and
+    checksum are computed here. The content is validated as :func:`decode` validates it
+    (:class:`RecordError` naming the field), so nothing invalid is produced."""
+    ids_in, counts, ids, vals = (
+        _as_int64(a, name)
+        for a, name in (
+            (input_ids, "input_ids"),
+            (entry_counts, "entry_counts"),
+            (token_ids, "token_ids"),
+            (values, "values"),
+        )
+    )
+    w = None if weights is None else _numpy(weights).astype(np.float32)
+    if header.weighted != (w is not None):
+        raise HeaderFieldError("weights", f"expected weights {'' if header.weighted else 'not '}to be given")
+    if not 1 <= ids_in.shape[0] <= MAX_POSITIONS or counts.shape != ids_in.shape:
+        raise HeaderFieldError(
+            "entry_counts",
+            f"expected 1..{MAX_POSITIONS} positions and one count each, got {ids_in.shape}, {counts.shape}",
+        )
+    if ids.shape != vals.shape or (w is not None and w.shape != ids.shape):
+        raise HeaderFieldError("entries", "expected as many token ids, values and weights")
+    h = dataclasses.replace(header, num_positions=int(ids_in.shape[0]), num_entries=int(ids.shape[0]))
+    _validate_content(h, ids_in, counts, ids, vals, w)
+    return _assemble(h, ids_in, counts, ids, vals, w, zstd_level)
 
 
 def decode_small_sections(h: RecordHeader, data: bytes | bytearray | memoryview) -> tuple[IntArray, IntArray]:

@@ -241,7 +241,9 @@ def worker_share(num_batches: int, start: int, worker: int = 0, num_workers: int
     return range(start + worker, num_batches, num_workers)
 
 
-def _default_rank() -> tuple[int, int]:
+def default_rank() -> tuple[int, int]:
+    """``(rank, world_size)``: ``torch.distributed``'s when initialised, else ``RANK`` / ``WORLD_SIZE``
+    (torchrun), else one process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -279,9 +281,9 @@ class SparseKDLoader(IterableDataset[SparseKDBatch]):
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
-            default_rank, default_world = _default_rank()
-            rank = default_rank if rank is None else rank
-            world_size = default_world if world_size is None else world_size
+            rank_now, world_now = default_rank()
+            rank = rank_now if rank is None else rank
+            world_size = world_now if world_size is None else world_size
         if not shards or len(set(shards)) != len(shards):
             raise ValueError(f"shards: expected distinct shard ids, got {list(shards)}")
         if batch_size < 1 or prefetch < 1 or read_ahead < 1:
@@ -575,6 +577,12 @@ def _checked_manifests(
         if not allow_unsealed:
             raise ShardSetError(f"{what}; seal them when complete, or pass allow_unsealed=True")
         warnings.warn(f"{what}: training on what they hold now", stacklevel=3)
+    refuse_mixed(manifests, allow_mixed)
+    return manifests
+
+
+def refuse_mixed(manifests: dict[int, ShardManifest], allow_mixed: bool) -> None:
+    """:class:`ShardSetError` naming the first difference between the shards' targets, unless ``allow_mixed``."""
     (first, reference), *rest = manifests.items()
     for shard, manifest in rest:
         differences = reference.differences(manifest, runs=False)
@@ -584,7 +592,6 @@ def _checked_manifests(
                 f"{ShardManifest.describe(differences, f'shard {first}', f'shard {shard}')}): "
                 "pass allow_mixed=True to train on them together"
             )
-    return manifests
 
 
 def _refuse_duplicates(manifests: dict[int, ShardManifest], seqs: dict[int, npt.NDArray[np.uint64]]) -> None:
