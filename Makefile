@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one (its module fixtures shared)
 
 demo: $(STAMP)  ## a one-minute guided run: server, tiny teacher, cached targets, student, viewer
 	$(BIN)/logitcache demo

@@ -295,6 +295,7 @@ def test_compose_up_serves(server_image: str) -> None:
 @pytest.mark.skipif(
     shutil.which("podman-compose") is None, reason="needs podman-compose (container-engine installs it)"
 )
+@pytest.mark.timeout(1200)  # its fixture builds the jobs image (torch, transformers): minutes on a busy machine
 def test_the_cluster_profile_runs_the_teacher_and_the_trainer_to_completion(server_image: str, jobs_image: str) -> None:
     from tests.writer.tiny_models import save_tiny_llama
 

@@ -129,17 +129,24 @@ def _bump_a_token(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("token_ids"), "token_ids", edited)
 
 
+def _renumber(table: pa.Table) -> pa.Table:
+    """Every seq + 1000: the records' checksums still match, the seqs are not the stored ones."""
+    seqs = pc.add(table.column("seq"), pa.scalar(1000, pa.uint64()))
+    return table.set_column(table.schema.get_field_index("seq"), "seq", seqs)
+
+
 @pytest.mark.parametrize(
     ("damage", "error", "match"),
     [
         (lambda p: _rewrite(p, _bump_a_token), ExportDataError, "re-encodes to checksum"),
         (lambda p: _rewrite(p, lambda t: t.drop_columns(["checksum"])), ExportDataError, r"columns \['checksum'\]"),
+        (lambda p: _rewrite(p, _renumber), ExportDataError, "its seqs are not the exported ones"),
         (lambda p: _rewrite(p, lambda t: t.slice(1)), ExportDataError, "15 rows"),
         (lambda p: p.write_bytes(p.read_bytes()[:-100]), ExportDataError, "cannot be read as parquet"),
         (lambda p: p.unlink(), ExportDataError, "missing"),
         (lambda p: (p.parent / MARKER).unlink(), FileNotFoundError, "not a complete shard export"),
     ],
-    ids=["edited-token", "missing-column", "missing-row", "truncated", "missing-file", "no-marker"],
+    ids=["edited-token", "missing-column", "renumbered-seqs", "missing-row", "truncated", "missing-file", "no-marker"],
 )
 def test_a_changed_or_damaged_export_is_refused_and_leaves_nothing_stored(
     tmp_path: Path,

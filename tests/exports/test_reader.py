@@ -121,6 +121,20 @@ def test_resume_after_k_batches_yields_exactly_the_rest(exported: tuple[Path, St
     assert len(list(second)) == len(whole) // 4 + 1  # the next iteration is a whole epoch again
 
 
+def test_a_state_saved_after_the_last_batch_resumes_at_the_epochs_end(exported: tuple[Path, Stored]) -> None:
+    out, stored = exported
+    options: dict[str, Any] = {"batch_size": 8, "shuffle_buffer": 0, "rank": 0, "world_size": 1}
+    first = ExportedShardReader(str(out), **options)
+    assert len(keys(list(first))) == len(stored)
+    state = first.state_dict()
+    assert state["batches_done"] == 6
+    second = ExportedShardReader(str(out), **options)
+    second.load_state_dict(state)
+    assert list(second) == []  # the epoch was done
+    second.set_epoch(1)
+    assert sorted(keys(list(second))) == sorted(stored)
+
+
 def test_a_state_of_another_reader_is_refused(exported: tuple[Path, Stored]) -> None:
     out, _ = exported
     state = ExportedShardReader(str(out), batch_size=4, world_size=1, rank=0).state_dict()

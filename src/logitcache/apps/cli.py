@@ -231,7 +231,7 @@ def _add_export_flags(command: Callable[..., argparse.ArgumentParser]) -> None:
         "import",
         "Load exported shards back into the servers, byte-identically, and seal them",
         "SOURCE is one shard's export folder or a folder of them. Every row is re-encoded and checked\n"
-        "against its record's checksum before it is sent; a failed import leaves no shard behind.",
+        "against its record's checksum before it is sent; a failed import leaves no new shard behind.",
         [both],
     )
     imp.add_argument("sources", nargs="+", metavar="SOURCE", help="export folders or fsspec URLs")

@@ -151,7 +151,9 @@ def records_from_batch(
     ``manifest``: the shard's, or each shard's by number (rows of several shards; a row of a shard
     not in it is an :class:`ExportDataError`)."""
     if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], SCHEMA)
+        for chunk in batch.to_batches():
+            yield from records_from_batch(chunk, manifest, where)
+        return
     missing = [name for name in SCHEMA.names if name not in batch.schema.names]
     if missing:
         raise ExportDataError(f"{where}: columns {missing} are missing")
@@ -181,7 +183,12 @@ def records_from_batch(
             data = records.encode_sections(header, ids, counts, tokens, levels, w)
         except ValueError as exc:
             raise ExportDataError(f"{where}: seq {int(seqs[row])}: {exc}") from None
-        checksum = records.read_header(data).checksum
+        stored = records.read_header(data)
+        try:
+            of_row.check(stored, int(seqs[row]))  # its length, and the seq within the teacher run's slice
+        except ValueError as exc:
+            raise ExportDataError(f"{where}: seq {int(seqs[row])}: {exc}") from None
+        checksum = stored.checksum
         if checksum != int(checksums[row]):
             raise ExportDataError(
                 f"{where}: seq {int(seqs[row])}: the row re-encodes to checksum {checksum:#018x}, "

@@ -15,8 +15,10 @@ an interrupted export is simply rerun. Only sealed shards are exported: an open 
 :func:`import_shard` re-encodes every row (:mod:`.columns`) and refuses a row whose bytes would
 differ from the exported record's checksum, before sending it; the shard is created with the
 exported manifest, written, checked complete and sealed. Any failure deletes a shard the call
-created, so a failed import leaves nothing behind; a rerun into a shard a failed run left open
-resumes (identical records are stored once). Importing into a server that holds the same sealed
+created, so a failed import into a new shard leaves nothing behind; into a shard that already
+existed open (a failed run's, say) it leaves what it wrote, and a rerun resumes (identical records
+are stored once). A record's checksum does not cover its seq: each part's seqs are checked against
+a digest in ``_export.json``. Importing into a server that holds the same sealed
 shard already is a no-op.
 """
 
@@ -35,12 +37,14 @@ from logitcache.extras import require
 require("fsspec", extra="export", by="logitcache.exports")
 
 import fsspec  # noqa: E402
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import xxhash  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 
-from logitcache.client import CacheClient, NotFoundError  # noqa: E402
+from logitcache.client import AlreadyExistsError, CacheClient, NotFoundError  # noqa: E402
 from logitcache.core.manifest import ShardInfo, ShardManifest  # noqa: E402
 from logitcache.exports.columns import (  # noqa: E402
     FORMAT,
@@ -136,6 +140,7 @@ def export_shard(
     while not done:
         name = f"part-{len(parts):05d}.parquet"
         rows = 0
+        seqs = xxhash.xxh3_64()
         first = last = None
         with (
             fs.open(posixpath.join(folder, name), "wb") as f,
@@ -148,6 +153,7 @@ def export_shard(
                     break
                 batch = to_batch(shard, pending, manifest)
                 writer.write_batch(batch)
+                seqs.update(np.array([seq for seq, _ in pending], dtype="<u8").tobytes())
                 rows += len(pending)
                 positions += int(pc.sum(pc.list_value_length(batch.column("input_ids"))).as_py())
                 first = pending[0][0] if first is None else first
@@ -155,11 +161,15 @@ def export_shard(
         if rows == 0:
             fs.rm(posixpath.join(folder, name))
             break
-        parts.append({"file": name, "rows": rows, "first_seq": first, "last_seq": last})
+        parts.append({"file": name, "rows": rows, "first_seq": first, "last_seq": last, "seqs": seqs.hexdigest()})
         sequences += rows
         written += int(fs.size(posixpath.join(folder, name)))
     if sequences != info.sequences:  # sealed: nothing may change; a server that lost records must not pass
         raise ExportDataError(f"shard {shard}: read {sequences} records, the shard says it holds {info.sequences}")
+    listed = {posixpath.join(folder, part["file"]) for part in parts}
+    for stale in fs.glob(posixpath.join(folder, "part-*.parquet")):  # an interrupted export's, of other sizes
+        if posixpath.normpath(stale) not in {posixpath.normpath(p) for p in listed}:
+            fs.rm(stale)
     marker = {
         "format": FORMAT,
         "shard": shard,
@@ -203,8 +213,16 @@ def read_marker(folder: str, storage_options: dict[str, Any] | None = None) -> t
         raise ExportDataError(f"{folder}/{MARKER}: not a {FORMAT} export")
     try:
         manifest = ShardManifest.from_json(json.dumps(marker["manifest"]))
+        for key in ("shard", "sequences", "positions", "record_bytes"):
+            if not isinstance(marker[key], int) or marker[key] < 0:
+                raise ValueError(f"{key}: expected an integer >= 0, got {marker[key]!r}")
         for part in marker["parts"]:
-            if not isinstance(part["file"], str) or "/" in part["file"] or not isinstance(part["rows"], int):
+            if (
+                not isinstance(part["file"], str)
+                or "/" in part["file"]
+                or not all(isinstance(part[key], int) for key in ("rows", "first_seq", "last_seq"))
+                or not isinstance(part["seqs"], str)
+            ):
                 raise ValueError(f"a bad part entry {part}")
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportDataError(f"{folder}/{MARKER}: {exc}") from None
@@ -230,12 +248,25 @@ def _rows(folder: str, storage_options: dict[str, Any] | None) -> Iterator[tuple
                     raise ExportDataError(f"{where}: its manifest differs from {MARKER}'s")
                 if parquet.metadata.num_rows != part["rows"]:
                     raise ExportDataError(f"{where}: {parquet.metadata.num_rows} rows, {MARKER} says {part['rows']}")
+                _check_seqs(parquet.read(columns=["seq"]).column("seq"), part, where)
                 for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS):
                     yield where, manifest, batch
         except FileNotFoundError:
             raise ExportDataError(f"{where}: missing ({MARKER} lists it)") from None
-        except (OSError, pa.ArrowException) as exc:  # not a parquet file, truncated, a damaged page
+        except pa.ArrowException as exc:  # not a parquet file, truncated, a damaged page (the store's own errors pass)
             raise ExportDataError(f"{where}: cannot be read as parquet: {exc}") from None
+
+
+def _check_seqs(column: Any, part: dict[str, Any], where: str) -> None:
+    """A part's seq column as exported: ascending, its first and last and its digest as the marker says
+    (a record's checksum does not cover its seq: an edited seq would store a record under another one)."""
+    seqs = column.to_numpy(zero_copy_only=False).astype("<u8")
+    if (
+        xxhash.xxh3_64_hexdigest(seqs.tobytes()) != part["seqs"]
+        or (seqs.size and (int(seqs[0]), int(seqs[-1])) != (part["first_seq"], part["last_seq"]))
+        or not bool(np.all(seqs[1:] > seqs[:-1]))
+    ):
+        raise ExportDataError(f"{where}: its seqs are not the exported ones (the file was changed or damaged)")
 
 
 def import_shard(
@@ -263,8 +294,15 @@ def import_shard(
         ):
             return ImportSummary(target, source, existing.sequences, 0, existing.sequences, existing.positions)
         raise ValueError(f"shard {target} exists, sealed, with other contents: import as another --shard")
-    client.create_shard(target, manifest, exist_ok=True)
-    created = existing is None
+    created = False
+    if existing is None:
+        try:
+            client.create_shard(target, manifest)
+            created = True
+        except AlreadyExistsError:  # created meanwhile by someone else: never deleted below
+            client.create_shard(target, manifest, exist_ok=True)
+    else:
+        client.create_shard(target, manifest, exist_ok=True)  # the manifests must agree
     written = unchanged = positions = 0
     try:
         for where, _, batch in _rows(source, storage_options):

@@ -7,14 +7,17 @@ Example (``torchrun``: each rank reads its own part; no cache server is involved
         reader.set_epoch(epoch)
         for batch in reader:                      # SparseKDBatch, as SparseKDLoader yields
             loss = kd_loss(student(batch.input_ids).logits, batch.target_ids, batch.target_probs)
-        ...
-    checkpoint["reader"] = reader.state_dict()    # reader.load_state_dict(...) continues after it
+            ...
+            checkpoint["reader"] = reader.state_dict()    # reader.load_state_dict(...) continues after it
 
 The streaming, the partitioning and the resumption are the ``datasets`` library's: the exports'
 parquet files are one streaming ``IterableDataset`` (``load_dataset("parquet", streaming=True)``),
 split across ranks by ``split_dataset_by_node`` — whole files per rank when their number is a
-multiple of ``world_size`` (counts per rank then follow the files' sizes), else every
-``world_size``-th row — and resumed from its ``state_dict``. Each batch of ``batch_size`` rows is
+multiple of ``world_size``, else every ``world_size``-th row — and resumed from its ``state_dict``.
+Unlike :class:`~logitcache.training.SparseKDLoader`'s, the ranks' batch counts may differ (by the
+files' sizes, or by one row), ``drop_last`` included: under DDP bound the steps (``max_steps``, as
+Hugging Face ``Trainer`` needs for an iterable dataset anyway) or wrap the loop in
+``torch.distributed.algorithms.Join``. Each batch of ``batch_size`` rows is
 re-encoded into its records (:func:`~logitcache.exports.columns.records_from_batch`, which refuses a
 row that does not match its checksum) and decoded as the loader decodes records
 (:func:`~logitcache.training.batch_decode.decode_batch`), so a batch carries exactly the targets
@@ -113,6 +116,8 @@ class ExportedShardReader(IterableDataset[SparseKDBatch]):
             self.manifests[shard] = manifest
             self.sequences += int(marker["sequences"])
         refuse_mixed(self.manifests, allow_mixed)
+        if self.sequences == 0:
+            raise ShardSetError(f"{paths}: the exports hold no sequences")
         self.files = [file for folder in self.folders for file in part_files(folder, storage_options)]
         self.epoch = 0
         self._loaded: tuple[list[str], Any] | None = None  # files in an order, as a datasets.IterableDataset
@@ -123,7 +128,7 @@ class ExportedShardReader(IterableDataset[SparseKDBatch]):
     def set_epoch(self, epoch: int) -> None:
         """Shuffle the next iteration as epoch ``epoch`` (``seed + epoch``); forgets a loaded state."""
         if epoch != self.epoch:
-            self._resume, self._batches_done = None, 0
+            self._resume, self._dataset_state, self._batches_done = None, None, 0
         self.epoch = epoch
 
     def _dataset(self) -> Any:
@@ -155,8 +160,10 @@ class ExportedShardReader(IterableDataset[SparseKDBatch]):
                 "would stream the whole of this rank's part)"
             )
         ds = self._dataset()
-        if self._resume is not None:
+        if self._resume is not None:  # a loaded state: continue after its last batch
             ds.load_state_dict(self._resume)
+        else:  # the epoch from its start
+            self._dataset_state, self._batches_done = None, 0
         start, self._resume = self._batches_done, None
         where = ", ".join(self.folders)
         for index, table in enumerate(ds.iter(batch_size=self.batch_size, drop_last_batch=self.drop_last), start=start):
@@ -173,10 +180,10 @@ class ExportedShardReader(IterableDataset[SparseKDBatch]):
                 epoch=self.epoch,
                 batch_index=index,
             )
-        self._dataset_state, self._batches_done = None, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this epoch stands: after the last batch yielded (the epoch's start before the first)."""
+        """Where this epoch stands: after the last batch yielded (the epoch's start before the first; its
+        end after the last, and a reader loaded with that state yields nothing until ``set_epoch``)."""
         return {
             "version": _STATE_VERSION,
             **{key: getattr(self, key) for key in _STATE_KEYS},
