@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one (its module fixtures shared)
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder  # two workers, each file on one, longest first (tests/conftest.py)
 
 demo: $(STAMP)  ## a one-minute guided run: server, tiny teacher, cached targets, student, viewer
 	$(BIN)/logitcache demo

@@ -16,7 +16,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# the longest test files, started first (`make pytest` runs two workers, each file on one, in this
+# order): with them last, one worker is left running them alone at the end of the run
+LONG_POLES = (
+    "tests/experiments/test_distillation.py",
+    "tests/docker/test_images.py",
+    "tests/apps/test_teacher.py",
+    "tests/experiments/test_gradient_similarity.py",
+    "tests/integrations/test_ray.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONG_POLES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(LONG_POLES)))  # stable: else as collected
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs these on a GPU machine)")
